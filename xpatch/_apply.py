@@ -1,0 +1,255 @@
+"""The eager driver of ``apply``: sample, call ``func``, aggregate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xpatch._sampling import Sampler, stack
+from xpatch._structure import THIS, Meta, split
+from xpatch._validate import positive_int
+from xpatch.aggregate import Aggregator
+from xpatch.errors import DimensionError, ResultError
+from xpatch.grid import PatchGrid, Window
+
+
+def check_apply_args(
+    obj: xr.DataArray | xr.Dataset,
+    func: Any,
+    batch_size: Any,
+    batch_dim: Hashable,
+    output_dims: Sequence[Hashable] | None,
+) -> tuple[int | None, tuple[Hashable, ...] | None]:
+    """Validate the arguments of ``apply`` that the grid and aggregator do not check."""
+    if not callable(func):
+        raise TypeError(f"func must be callable, got {type(func).__name__}")
+    if batch_size is not None:
+        batch_size = positive_int(batch_size, "batch_size")
+        if batch_dim in obj.dims:
+            raise DimensionError(
+                f"batch_dim {batch_dim!r} is already a dim of the array {tuple(obj.dims)};"
+                " choose another name"
+            )
+    if output_dims is None:
+        return batch_size, None
+    output_dims = tuple(output_dims)
+    if batch_size is not None:
+        if batch_dim not in output_dims:
+            raise DimensionError(
+                f"output_dims {output_dims} must name the batch dim {batch_dim!r} when"
+                " batch_size is given"
+            )
+        output_dims = tuple(d for d in output_dims if d != batch_dim)
+    return batch_size, output_dims
+
+
+def batches(
+    windows: Iterable[Window], batch_size: int
+) -> Iterator[list[Window]]:
+    """Consecutive windows of equal shape, at most ``batch_size`` at a time."""
+    batch: list[Window] = []
+    for w in windows:
+        if batch and (len(batch) == batch_size or batch[0].shape != w.shape):
+            yield batch
+            batch = []
+        batch.append(w)
+    if batch:
+        yield batch
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:
+        raise ImportError("progress=True needs tqdm: pip install 'xpatch[progress]'") from err
+    return tqdm(total=total, desc="patches", unit="patch")
+
+
+def _call(func: Callable[[Any], Any], arg: Any, where: str) -> Any:
+    try:
+        return func(arg)
+    except Exception as err:
+        err.add_note(f"xpatch: raised by func on {where}")
+        raise
+
+
+def run(
+    obj: xr.DataArray | xr.Dataset,
+    func: Callable[[Any], Any],
+    grid: PatchGrid,
+    agg: Aggregator,
+    *,
+    batch_size: int | None,
+    batch_dim: Hashable,
+    output_dims: tuple[Hashable, ...] | None,
+    ordered: bool,
+    progress: bool,
+    skip: np.ndarray | None = None,
+) -> Aggregator:
+    """Run ``func`` over every window of ``grid`` and add the results to ``agg``."""
+    sampler = Sampler(obj, grid)
+    order: Sequence[int] = agg.chunk_order() if ordered else range(len(grid))
+    if skip is not None:
+        order = [i for i in order if not skip[i]]
+    bar = _progress(len(order), progress)
+    try:
+        if batch_size is None:
+            for i in order:
+                window = grid[int(i)]
+                result = _call(func, sampler(window), repr(window))
+                agg.add(result, window)
+                if bar is not None:
+                    bar.update(1)
+            return agg
+        default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
+        for group in batches((grid[int(i)] for i in order), batch_size):
+            where = f"the batch of {len(group)} windows from {group[0]!r} to {group[-1]!r}"
+            batch = stack([sampler(w) for w in group], group, batch_dim)
+            result = _call(func, batch, where)
+            for window, (variables, meta) in zip(
+                group, unbatch(result, len(group), batch_dim, default, output_dims, where)
+            ):
+                agg.add_variables(window, variables, meta)
+            if bar is not None:
+                bar.update(len(group))
+    finally:
+        if bar is not None:
+            bar.close()
+    return agg
+
+
+def unbatch(
+    result: Any,
+    n: int,
+    batch_dim: Hashable,
+    default_dims: Sequence[Hashable] | None,
+    output_dims: Sequence[Hashable] | None,
+    where: str,
+) -> Iterator[tuple[dict[Hashable, Any], Meta]]:
+    """Split a batched result into one (variables, meta) per window."""
+    dims_hint = None if output_dims is None else (batch_dim, *output_dims)
+    variables, meta = split(
+        result,
+        spatial=(batch_dim,),
+        default_dims=default_dims,
+        output_dims=dims_hint,
+        what=f"func's result for {where}",
+    )
+    meta.coords = {k: v for k, v in meta.coords.items() if batch_dim not in v.dims}
+    for name, (dims, data) in variables.items():
+        label = "" if name == THIS else f" (variable {name!r})"
+        if batch_dim not in dims or data.shape[dims.index(batch_dim)] != n:
+            raise ResultError(
+                f"func's result{label} for {where} must have the batch dim {batch_dim!r} of"
+                f" length {n}; got dims {dict(zip(dims, data.shape))}"
+            )
+    for i in range(n):
+        one = {}
+        for name, (dims, data) in variables.items():
+            axis = dims.index(batch_dim)
+            one[name] = (dims[:axis] + dims[axis + 1 :], np.take(data, i, axis=axis))
+        yield one, meta
+
+
+def apply(
+    obj: xr.DataArray | xr.Dataset,
+    func: Callable[[Any], Any],
+    grid: PatchGrid,
+    *,
+    weights: Any,
+    batch_size: Any,
+    batch_dim: Hashable,
+    output_dims: Sequence[Hashable] | None,
+    chunks: int | Mapping[Hashable, int] | None,
+    on_chunk: Callable[[Any], Any] | None,
+    fill_value: Any,
+    progress: bool,
+    sink: Any = None,
+    skip: np.ndarray | None = None,
+) -> xr.DataArray | xr.Dataset:
+    """Eager ``apply``: every argument is checked before ``func`` is first called."""
+    batch_size, agg_dims = check_apply_args(obj, func, batch_size, batch_dim, output_dims)
+    agg = Aggregator(
+        obj,
+        grid,
+        weights=weights,
+        chunks=chunks,
+        on_chunk=on_chunk,
+        fill_value=fill_value,
+        output_dims=agg_dims,
+        sink=sink,
+    )
+    run(
+        obj,
+        func,
+        grid,
+        agg,
+        batch_size=batch_size,
+        batch_dim=batch_dim,
+        output_dims=agg_dims,
+        ordered=chunks is not None,
+        progress=progress,
+        skip=skip,
+    )
+    return agg.result()
+
+
+def make_aggregator(
+    obj: xr.DataArray | xr.Dataset,
+    grid: PatchGrid,
+    *,
+    weights: Any,
+    chunks: int | Mapping[Hashable, int] | None,
+    on_chunk: Callable[[Any], Any] | None,
+    fill_value: Any,
+    output_dims: Sequence[Hashable] | None,
+    out: Any,
+) -> Aggregator:
+    """The aggregator behind ``obj.patch.aggregator``."""
+    sink = None
+    if out is not None:
+        from xpatch.store import ZarrSink
+
+        sink = ZarrSink(out, obj, grid, chunk_sizes_for(chunks, grid), resume=False)
+    return Aggregator(
+        obj,
+        grid,
+        weights=weights,
+        chunks=chunks,
+        on_chunk=on_chunk,
+        fill_value=fill_value,
+        output_dims=output_dims,
+        sink=sink,
+    )
+
+
+def chunk_sizes_for(
+    chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
+) -> dict[Hashable, int]:
+    from xpatch.aggregate import chunk_sizes
+
+    return chunk_sizes(chunks, grid)
+
+
+def dispatch(
+    obj: xr.DataArray | xr.Dataset,
+    func: Callable[[Any], Any],
+    grid: PatchGrid,
+    *,
+    out: Any,
+    resume: bool,
+    **kwargs: Any,
+) -> xr.DataArray | xr.Dataset:
+    """Pick the eager, out-of-core or lazy (dask) path of ``apply``."""
+    if out is None:
+        if resume:
+            raise ValueError("resume=True needs out=, the zarr store of the interrupted run")
+        return apply(obj, func, grid, **kwargs)
+    from xpatch.store import apply_to_store
+
+    return apply_to_store(obj, func, grid, out=out, resume=resume, **kwargs)

@@ -1,0 +1,137 @@
+"""Reading patches from the source: index-space windows to labeled patches.
+
+Windows inside the array are plain ``isel`` slices, so lazy sources (dask, zarr,
+netCDF, memory maps) read only the patch. Windows of the pad border that reach
+past the array are gathered through a padded index map, which gives exactly the
+values ``numpy.pad`` would, without ever padding the whole array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xpatch.grid import PatchGrid, Window
+
+
+def padded_coordinate(values: np.ndarray, before: int, after: int) -> np.ndarray:
+    """A 1-D coordinate extended by ``before``/``after`` elements.
+
+    Numeric and datetime coordinates are extrapolated linearly with the spacing
+    of their first (last) two values; other coordinates repeat their edge value.
+
+    Examples
+    --------
+    >>> padded_coordinate(np.array([10.0, 10.5, 11.0]), 2, 1)
+    array([ 9. ,  9.5, 10. , 10.5, 11. , 11.5])
+    """
+    values = np.asarray(values)
+    if before == 0 and after == 0:
+        return values
+    if values.dtype.kind == "u":
+        values = values.astype(np.int64)
+    if values.dtype.kind in "ifmM":
+        if len(values) >= 2:
+            lo, hi = values[1] - values[0], values[-1] - values[-2]
+        elif values.dtype.kind in "if":
+            lo = hi = values.dtype.type(1)
+        else:
+            return np.pad(values, (before, after), mode="edge")
+        head = values[0] - lo * np.arange(before, 0, -1)
+        tail = values[-1] + hi * np.arange(1, after + 1)
+        return np.concatenate([head, values, tail]).astype(values.dtype, copy=False)
+    return np.pad(values, (before, after), mode="edge")
+
+
+def spatial_subset(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable]) -> Any:
+    """For a Dataset, the variables holding every spatial dim; a DataArray as is."""
+    if isinstance(obj, xr.Dataset):
+        keep = [k for k, v in obj.data_vars.items() if set(dims) <= set(v.dims)]
+        return obj[keep]
+    return obj
+
+
+class Sampler:
+    """Cuts the patch of each window out of a DataArray or Dataset."""
+
+    def __init__(self, obj: xr.DataArray | xr.Dataset, grid: PatchGrid) -> None:
+        self.obj = obj
+        self.grid = grid
+        self.lengths = grid.lengths
+        self._maps: dict[Hashable, np.ndarray] = {}
+        self._coords: dict[Hashable, np.ndarray] = {}
+        self._before: dict[Hashable, int] = {}
+        if grid.border == "pad":
+            mode = grid.pad_mode or "constant"
+            for ax in grid.axes:
+                before, after = ax.pad_width
+                self._before[ax.dim] = before
+                index = np.arange(ax.length)
+                if mode == "constant":
+                    self._maps[ax.dim] = np.arange(-before, ax.length + after)
+                else:
+                    self._maps[ax.dim] = np.pad(index, (before, after), mode=mode)
+                if ax.dim in obj.coords:
+                    self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
+        self._constant = grid.pad_mode == "constant"
+
+    def __call__(self, window: Window) -> Any:
+        inside = all(
+            s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
+        )
+        if inside:
+            return self.obj.isel(dict(zip(window.dims, window.slices)))
+        indexers: dict[Hashable, Any] = {}
+        masks: list[xr.DataArray] = []
+        for d, s in zip(window.dims, window.slices):
+            if s.start >= 0 and s.stop <= self.lengths[d]:
+                indexers[d] = s
+                continue
+            b = self._before[d]
+            raw = self._maps[d][s.start + b : s.stop + b]
+            if self._constant:
+                valid = (raw >= 0) & (raw < self.lengths[d])
+                masks.append(xr.DataArray(valid, dims=(d,)))
+                raw = np.clip(raw, 0, self.lengths[d] - 1)
+            indexers[d] = raw
+        patch = self.obj.isel(indexers)
+        if masks:
+            mask = masks[0]
+            for m in masks[1:]:
+                mask = mask & m
+            patch = patch.where(mask, 0)
+        new = {
+            d: (d, self._coords[d][s.start + self._before[d] : s.stop + self._before[d]])
+            for d, s in zip(window.dims, window.slices)
+            if d in self._coords and not isinstance(indexers[d], slice)
+        }
+        return patch.assign_coords(new) if new else patch
+
+
+def stack(
+    patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable
+) -> Any:
+    """Stack patches of equal shape along a new leading ``batch_dim``.
+
+    Spatial coordinates differ from patch to patch and are dropped; the batch
+    dim gets a coordinate holding each patch's window index.
+    """
+    first = patches[0]
+    spatial = set(windows[0].dims)
+    coords = {
+        k: v.variable for k, v in first.coords.items() if not spatial.intersection(v.dims)
+    }
+    coords[batch_dim] = xr.Variable((batch_dim,), np.array([w.index for w in windows]))
+    if isinstance(first, xr.DataArray):
+        data = np.stack([np.asarray(p.data) for p in patches])
+        return xr.DataArray(
+            data, dims=(batch_dim, *first.dims), coords=coords, name=first.name, attrs=first.attrs
+        )
+    data_vars = {
+        k: ((batch_dim, *v.dims), np.stack([np.asarray(p[k].data) for p in patches]), v.attrs)
+        for k, v in first.data_vars.items()
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=first.attrs)

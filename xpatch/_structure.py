@@ -1,0 +1,156 @@
+"""Labels of patch results: turning func outputs into named arrays and back.
+
+A result (of ``func`` or ``on_chunk``) is a DataArray, a Dataset or a bare
+array. Internally every result is a mapping name -> (dims, ndarray) plus the
+metadata needed to rebuild a labeled object (non-spatial coords, attrs, name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xpatch.errors import ResultError
+
+THIS = "<this-array>"  # key of a DataArray result in the mapping of variables
+
+
+def to_numpy(data: Any) -> np.ndarray:
+    """Any array-like (numpy, dask, torch tensor on any device) as a numpy array."""
+    if isinstance(data, np.ndarray):
+        return data
+    if hasattr(data, "detach") and hasattr(data, "cpu"):  # torch, without importing it
+        return data.detach().cpu().numpy()
+    if hasattr(data, "compute") and not isinstance(data, (xr.DataArray, xr.Dataset)):
+        data = data.compute()
+    return np.asarray(data)
+
+
+@dataclass
+class Meta:
+    """What is needed to rebuild a labeled object from its named arrays."""
+
+    kind: str  # "dataarray" or "dataset"
+    name: Hashable | None = None
+    attrs: dict[Hashable, Any] = field(default_factory=dict)
+    var_attrs: dict[Hashable, dict[Hashable, Any]] = field(default_factory=dict)
+    coords: dict[Hashable, xr.Variable] = field(default_factory=dict)
+    from_labeled: bool = True
+
+
+def split(
+    result: Any,
+    *,
+    spatial: Sequence[Hashable],
+    default_dims: Sequence[Hashable] | None,
+    output_dims: Sequence[Hashable] | None,
+    what: str,
+) -> tuple[dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]], Meta]:
+    """Split a result into named (dims, ndarray) pairs and its metadata.
+
+    Non-spatial coords of a labeled result are kept in the metadata; spatial
+    coords are dropped (the output takes them from the source array).
+    """
+    spatial_set = set(spatial)
+    if isinstance(result, xr.DataArray):
+        variables = {THIS: (tuple(result.dims), to_numpy(result.data))}
+        meta = Meta("dataarray", name=result.name, attrs=dict(result.attrs))
+        source: xr.DataArray | xr.Dataset = result
+    elif isinstance(result, xr.Dataset):
+        variables = {k: (tuple(v.dims), to_numpy(v.data)) for k, v in result.data_vars.items()}
+        meta = Meta(
+            "dataset",
+            attrs=dict(result.attrs),
+            var_attrs={k: dict(v.attrs) for k, v in result.data_vars.items()},
+        )
+        source = result
+    else:
+        try:
+            data = to_numpy(result)
+        except Exception as err:
+            raise ResultError(
+                f"{what} returned a {type(result).__name__}, which is not a DataArray, a Dataset"
+                " or an array-like"
+            ) from err
+        dims = tuple(output_dims) if output_dims is not None else default_dims
+        if dims is None:
+            raise ResultError(
+                f"{what} returned a bare array; pass output_dims to name its dims"
+            )
+        if data.ndim != len(dims):
+            raise ResultError(
+                f"{what} returned an array of shape {data.shape} ({data.ndim} dims), but"
+                f" {'output_dims' if output_dims is not None else 'the patch dims'} name"
+                f" {len(dims)} dims {tuple(dims)}"
+            )
+        return {THIS: (tuple(dims), data)}, Meta("dataarray", from_labeled=False)
+    for name, coord in source.coords.items():
+        if not spatial_set.intersection(coord.dims):
+            meta.coords[name] = coord.variable
+    return variables, meta
+
+
+def assemble(
+    variables: Mapping[Hashable, tuple[tuple[Hashable, ...], Any]],
+    meta: Meta,
+    template: xr.DataArray | xr.Dataset,
+    *,
+    default_name: Hashable | None,
+) -> xr.DataArray | xr.Dataset:
+    """Rebuild a labeled object from named arrays.
+
+    Coordinates come from ``template`` (the source array, or its part covering a
+    chunk) where all of a coord's dims survive with the same sizes, and from the
+    result's own non-spatial coords, which take precedence.
+    """
+    sizes: dict[Hashable, int] = {}
+    data_vars = {}
+    for name, (dims, data) in variables.items():
+        sizes.update(zip(dims, np.shape(data)))
+        attrs = meta.var_attrs.get(name, {})
+        data_vars[name] = xr.Variable(dims, data, attrs=attrs)
+    coords: dict[Hashable, xr.Variable] = {}
+    for name, coord in template.coords.items():
+        if all(sizes.get(d) == n for d, n in zip(coord.dims, coord.shape)):
+            coords[name] = coord.variable
+    for name, var in meta.coords.items():
+        if all(sizes.get(d) == n for d, n in zip(var.dims, var.shape)):
+            coords[name] = var
+    if meta.kind == "dataarray":
+        dims, _ = variables[THIS]
+        da_coords = {
+            k: v for k, v in coords.items() if set(v.dims) <= set(dims)
+        }
+        name = meta.name if meta.from_labeled and meta.name is not None else default_name
+        attrs = meta.attrs if meta.from_labeled else dict(template.attrs)
+        return xr.DataArray(data_vars[THIS], coords=da_coords, name=name, attrs=attrs)
+    return xr.Dataset(data_vars, coords=coords, attrs=meta.attrs)
+
+
+def spatial_check(
+    variables: Mapping[Hashable, tuple[tuple[Hashable, ...], np.ndarray]],
+    expected: Mapping[Hashable, int],
+    what: str,
+) -> None:
+    """Every variable must hold every spatial dim with the expected size."""
+    for name, (dims, data) in variables.items():
+        label = "" if name == THIS else f" (variable {name!r})"
+        if len(set(dims)) != len(dims):
+            raise ResultError(f"{what}{label} has repeated dims {dims}")
+        missing = [d for d in expected if d not in dims]
+        if missing:
+            raise ResultError(
+                f"{what}{label} lacks the spatial dims {missing}: it has dims {dims}; every"
+                " result must keep the patch's spatial dims"
+            )
+        shape = dict(zip(dims, data.shape))
+        wrong = {d: shape[d] for d in expected if shape[d] != expected[d]}
+        if wrong:
+            raise ResultError(
+                f"{what}{label} has spatial sizes {wrong}, expected"
+                f" {dict(expected)} (the patch's size)"
+            )

@@ -1,0 +1,341 @@
+"""The ``.patch`` accessor on DataArray and Dataset: dim names in, work delegated.
+
+One implementation serves both types. Each method turns names into a
+:class:`~xpatch.grid.PatchGrid` and hands the work to the module that owns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import xarray as xr
+
+from xpatch import _apply
+from xpatch._sampling import Sampler, spatial_subset
+from xpatch._types import Border, PadMode
+from xpatch._validate import check_dims
+from xpatch.aggregate import _DEFAULT, Aggregator
+from xpatch.dataset import PatchDataset
+from xpatch.errors import DimensionError, GridError
+from xpatch.grid import PatchGrid
+from xpatch.weights import WeightsLike
+
+Obj = xr.DataArray | xr.Dataset
+
+
+def make_grid(
+    obj: Obj,
+    size: Mapping[Hashable, int] | None,
+    size_kwargs: Mapping[Hashable, int],
+    step: int | Mapping[Hashable, int] | None,
+    border: Border,
+    pad_mode: PadMode | None,
+) -> PatchGrid:
+    """Build the grid over the named dims of ``obj`` (in the array's dim order)."""
+    if size is not None and size_kwargs:
+        raise GridError("give the patch size either as a mapping or as keyword arguments, not both")
+    sizes = dict(size if size is not None else size_kwargs)
+    if size is not None and not isinstance(size, Mapping):
+        raise GridError(f"size must be a mapping dim -> int (or keyword arguments), got {size!r}")
+    if not sizes:
+        raise GridError("give the patch size of at least one spatial dim, e.g. y=256, x=256")
+    check_dims(sizes, obj.dims, "size")
+    dims = [d for d in obj.dims if d in sizes]
+    if isinstance(obj, xr.Dataset) and not any(
+        set(dims) <= set(v.dims) for v in obj.data_vars.values()
+    ):
+        raise DimensionError(f"no data variable of the Dataset has all the spatial dims {dims}")
+    return PatchGrid(
+        {d: obj.sizes[d] for d in dims}, {d: sizes[d] for d in dims}, step, border, pad_mode
+    )
+
+
+@xr.register_dataset_accessor("patch")
+@xr.register_dataarray_accessor("patch")
+class PatchAccessor:
+    """Patch-wise sampling and blended aggregation over named dims.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xpatch
+    >>> da = xr.DataArray(np.ones((3, 100, 80)), dims=("band", "y", "x"))
+    >>> grid = da.patch.grid(y=32, x=32, step=16)
+    >>> grid.shape
+    {'y': 6, 'x': 5}
+    >>> out = da.patch.apply(lambda p: p * 2, y=32, x=32, step=16)
+    >>> float(out.max())
+    2.0
+    """
+
+    def __init__(self, obj: Obj) -> None:
+        self._obj = obj
+
+    def grid(
+        self,
+        size: Mapping[Hashable, int] | None = None,
+        /,
+        *,
+        step: int | Mapping[Hashable, int] | None = None,
+        border: Border = "squeeze",
+        pad_mode: PadMode | None = None,
+        **size_kwargs: int,
+    ) -> PatchGrid:
+        """Plan the grid of patches over the named spatial dims.
+
+        Parameters
+        ----------
+        size : mapping of hashable to int, optional
+            Patch size per spatial dim; or give it as keyword arguments (``y=256``).
+        step : int or mapping of hashable to int, optional
+            Distance between neighbouring patch starts; default: ``size`` (no overlap).
+        border : {"squeeze", "edge", "adaptive", "crop", "pad"}, default: "squeeze"
+            How the last patch along an axis is placed when the grid does not fit.
+        pad_mode : {"constant", "edge", "reflect", "symmetric", "wrap"}, optional
+            Virtual padding, only with ``border="pad"`` (default "constant").
+        **size_kwargs : int
+            The patch sizes as keyword arguments.
+
+        Returns
+        -------
+        PatchGrid
+
+        Raises
+        ------
+        DimensionError, GridError
+            An unknown dim, or a size, step, border or pad_mode that is not allowed.
+
+        See Also
+        --------
+        xpatch.PatchGrid
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.zeros((100, 7)), dims=("y", "x"))
+        >>> da.patch.grid(y=30, step=20).starts["y"]
+        array([ 0, 18, 36, 54, 70])
+        """
+        return make_grid(self._obj, size, size_kwargs, step, border, pad_mode)
+
+    def sample(
+        self,
+        size: Mapping[Hashable, int] | None = None,
+        /,
+        *,
+        step: int | Mapping[Hashable, int] | None = None,
+        border: Border = "squeeze",
+        pad_mode: PadMode | None = None,
+        **size_kwargs: int,
+    ) -> Iterator[Obj]:
+        """Yield each patch as a labeled object, in grid order.
+
+        Patches keep their coordinates, attributes and every non-spatial dim. A
+        lazy source stays lazy: only the patch is read, when its values are used.
+        Patches of the pad border hold the values ``numpy.pad`` would give.
+
+        Parameters
+        ----------
+        size, step, border, pad_mode, **size_kwargs
+            As for :meth:`grid`.
+
+        Yields
+        ------
+        DataArray or Dataset
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.arange(6), dims="x", coords={"x": np.arange(6) * 10})
+        >>> [p.x.values.tolist() for p in da.patch.sample(x=4, step=2)]
+        [[0, 10, 20, 30], [20, 30, 40, 50]]
+        """
+        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+        sampler = Sampler(spatial_subset(self._obj, grid.dims), grid)
+        return (sampler(w) for w in grid)
+
+    def dataset(
+        self,
+        size: Mapping[Hashable, int] | None = None,
+        /,
+        *,
+        step: int | Mapping[Hashable, int] | None = None,
+        border: Border = "squeeze",
+        pad_mode: PadMode | None = None,
+        **size_kwargs: int,
+    ) -> PatchDataset:
+        """A map-style dataset of patches for a PyTorch ``DataLoader``.
+
+        Parameters
+        ----------
+        size, step, border, pad_mode, **size_kwargs
+            As for :meth:`grid`.
+
+        Returns
+        -------
+        PatchDataset
+            ``ds[i]`` is ``(patch as a numpy array in the array's dim order, i)``.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.zeros((2, 64, 64)), dims=("band", "y", "x"))
+        >>> ds = da.patch.dataset(y=32, x=32)
+        >>> len(ds), ds[3][0].shape, ds[3][1]
+        (4, (2, 32, 32), 3)
+        """
+        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+        return PatchDataset(spatial_subset(self._obj, grid.dims), grid)
+
+    def apply(
+        self,
+        func: Callable[[Any], Any],
+        size: Mapping[Hashable, int] | None = None,
+        /,
+        *,
+        step: int | Mapping[Hashable, int] | None = None,
+        border: Border = "squeeze",
+        pad_mode: PadMode | None = None,
+        weights: WeightsLike = "gaussian",
+        batch_size: int | None = None,
+        batch_dim: Hashable = "patch",
+        output_dims: Sequence[Hashable] | None = None,
+        chunks: int | Mapping[Hashable, int] | None = None,
+        on_chunk: Callable[[Any], Any] | None = None,
+        fill_value: Any = _DEFAULT,
+        out: Any = None,
+        resume: bool = False,
+        progress: bool = False,
+        **size_kwargs: int,
+    ) -> Obj:
+        """Run ``func`` on every patch and blend the results into one array.
+
+        Parameters
+        ----------
+        func : callable
+            Called with each patch (a DataArray or Dataset with coordinates), or
+            with a batch of patches stacked along ``batch_dim``. Returns a
+            DataArray/Dataset (its dims and non-spatial coords are used) or an
+            array-like (named by ``output_dims``). Non-spatial dims may change
+            (bands in, classes out); spatial sizes must stay those of the patch.
+        size, step, border, pad_mode, **size_kwargs
+            The grid, as for :meth:`grid`.
+        weights : {"gaussian", "mean", "hann"}, Kernel, array-like or callable
+            How overlapping results are blended (see :mod:`xpatch.weights`).
+        batch_size : int, optional
+            Give ``func`` up to this many patches at a time, stacked along ``batch_dim``.
+        batch_dim : hashable, default: "patch"
+            Name of the dim along which batches are stacked.
+        output_dims : sequence of hashable, optional
+            Dims of a bare-array result (with ``batch_dim`` when batching);
+            default: the patch's dims.
+        chunks : int or mapping of hashable to int, optional
+            Aggregation regions per spatial dim (each at least the patch size).
+            A chunk is finished, passed to ``on_chunk`` and written as soon as its
+            last patch is added.
+        on_chunk : callable, optional
+            Called once per finished chunk with the normalised chunk (labeled);
+            what it returns is written instead (e.g. ``lambda c: c.argmax("class")``).
+        fill_value : scalar, optional
+            Value of elements no patch covers (crop border); default NaN, or 0
+            for an integer or bool result.
+        out : str, path or zarr store, optional
+            Write the result to this zarr store as chunks finish; the result is
+            returned opened lazily from it.
+        resume : bool, default: False
+            With ``out``: keep the chunks an interrupted run already finished.
+        progress : bool, default: False
+            Show a progress bar (needs tqdm).
+
+        Returns
+        -------
+        DataArray or Dataset
+            The blended result with the source's spatial coordinates.
+
+        Raises
+        ------
+        PatchError
+            (a ValueError) for any bad argument, before ``func`` is first called.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.random.rand(3, 64, 64), dims=("band", "y", "x"))
+        >>> out = da.patch.apply(lambda p: p.mean("band"), y=32, x=32, step=16)
+        >>> out.dims
+        ('y', 'x')
+        >>> bool(np.allclose(out, da.mean("band")))
+        True
+        """
+        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+        obj = spatial_subset(self._obj, grid.dims)
+        return _apply.dispatch(
+            obj,
+            func,
+            grid,
+            weights=weights,
+            batch_size=batch_size,
+            batch_dim=batch_dim,
+            output_dims=output_dims,
+            chunks=chunks,
+            on_chunk=on_chunk,
+            fill_value=fill_value,
+            out=out,
+            resume=resume,
+            progress=progress,
+        )
+
+    def aggregator(
+        self,
+        size: Mapping[Hashable, int] | None = None,
+        /,
+        *,
+        step: int | Mapping[Hashable, int] | None = None,
+        border: Border = "squeeze",
+        pad_mode: PadMode | None = None,
+        weights: WeightsLike = "gaussian",
+        chunks: int | Mapping[Hashable, int] | None = None,
+        on_chunk: Callable[[Any], Any] | None = None,
+        fill_value: Any = _DEFAULT,
+        output_dims: Sequence[Hashable] | None = None,
+        out: Any = None,
+        **size_kwargs: int,
+    ) -> Aggregator:
+        """An :class:`~xpatch.Aggregator` for a hand-written loop over the grid.
+
+        Parameters
+        ----------
+        size, step, border, pad_mode, **size_kwargs
+            The grid, as for :meth:`grid`.
+        weights, chunks, on_chunk, fill_value, output_dims, out
+            As for :meth:`apply`.
+
+        Returns
+        -------
+        Aggregator
+            ``agg.add(result, window)`` or ``agg.add(result_dataarray)``, then
+            ``agg.result()``; ``agg.grid`` is its grid.
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.ones((40, 40)), dims=("y", "x"),
+        ...                   coords={"y": np.arange(40), "x": np.arange(40)})
+        >>> agg = da.patch.aggregator(y=16, x=16, step=8)
+        >>> for patch in da.patch.sample(y=16, x=16, step=8):
+        ...     agg.add(patch + 1)
+        >>> float(agg.result().mean())
+        2.0
+        """
+        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+        obj = spatial_subset(self._obj, grid.dims)
+        return _apply.make_aggregator(
+            obj,
+            grid,
+            weights=weights,
+            chunks=chunks,
+            on_chunk=on_chunk,
+            fill_value=fill_value,
+            output_dims=output_dims,
+            out=out,
+        )

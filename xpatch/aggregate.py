@@ -1,0 +1,618 @@
+"""Weighted accumulation of patch results into chunks of the output.
+
+The :class:`Aggregator` is the only place that does arithmetic on patch results.
+It receives each patch result once, multiplies it by its final weight and adds it
+to every chunk of the output that the patch touches. Built-in kernels are
+normalised per axis in advance (separable normalisation), so a chunk is finished
+the moment its last patch lands: no weight map, no division pass. A chunk that is
+finished is filled where no patch covers it, handed to ``on_chunk``, written to
+the output and freed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xpatch._structure import THIS, Meta, assemble, spatial_check, split
+from xpatch._validate import is_int, positive_int
+from xpatch.errors import AggregationError, DimensionError, GridError, IncompleteError
+from xpatch.grid import PatchGrid, Window
+from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
+
+__all__ = ["Aggregator"]
+
+_DEFAULT = object()  # marks "fill_value not given"
+
+Variables = dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]]
+
+
+def accumulation_dtype(dtype: np.dtype) -> np.dtype:
+    """float64 (complex128) results accumulate in double precision, all others in float32."""
+    if dtype.kind == "f" and dtype.itemsize >= 8:
+        return np.dtype(np.float64)
+    if dtype.kind == "c":
+        return np.dtype(np.complex128 if dtype.itemsize >= 16 else np.complex64)
+    return np.dtype(np.float32)
+
+
+def blended_dtype(dtype: np.dtype) -> np.dtype:
+    """Dtype of a blended result: floats keep theirs, integers and bools become float32."""
+    return dtype if dtype.kind in "fc" else np.dtype(np.float32)
+
+
+def default_fill(dtype: np.dtype) -> Any:
+    """NaN for inexact dtypes, 0 for integers and bools."""
+    return np.nan if dtype.kind in "fc" else 0
+
+
+def chunk_sizes(
+    chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
+) -> dict[Hashable, int]:
+    """Validate ``chunks``: one chunk length per spatial dim, at least the patch size."""
+    if chunks is None:
+        return dict(grid.lengths)
+    if isinstance(chunks, Mapping):
+        unknown = [d for d in chunks if d not in grid.dims]
+        if unknown:
+            raise DimensionError(
+                f"chunks: dims {unknown} are not spatial dims; the spatial dims are {grid.dims}"
+            )
+        raw = {d: chunks.get(d, grid.lengths[d]) for d in grid.dims}
+    elif is_int(chunks):
+        raw = dict.fromkeys(grid.dims, chunks)
+    else:
+        raise GridError(f"chunks must be an int or a mapping dim -> int, got {chunks!r}")
+    out = {}
+    for d in grid.dims:
+        c = positive_int(raw[d], "chunks", d)
+        c = min(c, grid.lengths[d])
+        if c < min(grid.size[d], grid.lengths[d]):
+            raise GridError(
+                f"chunks for dim {d!r} is {raw[d]}, smaller than the patch size {grid.size[d]}"
+            )
+        out[d] = c
+    return out
+
+
+class _MemorySink:
+    """Output held in memory: one numpy array per variable."""
+
+    def __init__(self, lengths: Mapping[Hashable, int]) -> None:
+        self.lengths = dict(lengths)
+        self.arrays: dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]] = {}
+
+    def write(self, region: Mapping[Hashable, slice], variables: Variables) -> None:
+        for name, (dims, data) in variables.items():
+            whole = all(
+                region[d].start == 0 and region[d].stop == self.lengths[d] for d in region
+            )
+            if name not in self.arrays:
+                if whole:
+                    self.arrays[name] = (dims, data)
+                    continue
+                shape = tuple(self.lengths.get(d, n) for d, n in zip(dims, data.shape))
+                self.arrays[name] = (dims, np.empty(shape, dtype=data.dtype))
+            out_dims, out = self.arrays[name]
+            if set(out_dims) != set(dims):
+                raise AggregationError(
+                    f"on_chunk returned dims {dims} for one chunk and {out_dims} for another"
+                )
+            data = np.moveaxis(data, [dims.index(d) for d in out_dims], range(len(dims)))
+            out[tuple(region.get(d, slice(None)) for d in out_dims)] = data
+
+
+class Aggregator:
+    """Blend patch results back into an array with the source's coordinates.
+
+    Usually made by ``obj.patch.aggregator(...)`` for a hand-written loop; the
+    accessor's ``apply`` uses one internally.
+
+    Parameters
+    ----------
+    template : DataArray or Dataset
+        The source array: its spatial dims, lengths and coordinates label the result.
+        Its data is never read.
+    grid : PatchGrid
+        The grid of windows whose results are added.
+    weights : str, Kernel, array-like or callable, default: "gaussian"
+        Blending weights (see :mod:`xpatch.weights`).
+    chunks : int or mapping of hashable to int, optional
+        Aggregation regions per spatial dim; default one region covering everything.
+    on_chunk : callable, optional
+        Called once per finished chunk with the normalised chunk (DataArray or
+        Dataset with coordinates); returns what is written instead.
+    fill_value : scalar, optional
+        Value of elements no patch covers; default NaN, or 0 for integer results.
+    output_dims : sequence of hashable, optional
+        Dims of bare-array results; default the source's dims.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr, xpatch
+    >>> da = xr.DataArray(np.arange(12.0).reshape(3, 4), dims=("y", "x"))
+    >>> agg = da.patch.aggregator(y=3, x=2, step=1, weights="mean")
+    >>> for window, patch in zip(agg.grid, da.patch.sample(y=3, x=2, step=1)):
+    ...     agg.add(patch * 10)
+    >>> agg.result().values
+    array([[  0.,  10.,  20.,  30.],
+           [ 40.,  50.,  60.,  70.],
+           [ 80.,  90., 100., 110.]], dtype=float32)
+    """
+
+    def __init__(
+        self,
+        template: xr.DataArray | xr.Dataset,
+        grid: PatchGrid,
+        *,
+        weights: WeightsLike = "gaussian",
+        chunks: int | Mapping[Hashable, int] | None = None,
+        on_chunk: Callable[[Any], Any] | None = None,
+        fill_value: Any = _DEFAULT,
+        output_dims: Sequence[Hashable] | None = None,
+        sink: Any = None,
+    ) -> None:
+        self.grid = grid
+        self.dims = grid.dims
+        self.kernel: Kernel | CustomWeights = resolve(weights, grid.dims)
+        if isinstance(self.kernel, CustomWeights):  # validate every patch shape up front
+            for shape in itertools.product(*(np.unique(s) for s in grid.sizes.values())):
+                self.kernel(dict(zip(grid.dims, shape)))
+        if on_chunk is not None and not callable(on_chunk):
+            raise TypeError(f"on_chunk must be callable, got {type(on_chunk).__name__}")
+        if output_dims is not None:
+            output_dims = tuple(output_dims)
+            missing = [d for d in grid.dims if d not in output_dims]
+            if missing:
+                raise DimensionError(
+                    f"output_dims {output_dims} lacks the spatial dims {missing}"
+                )
+        self.output_dims = output_dims
+        self.on_chunk = on_chunk
+        self.fill_value = fill_value
+        self.chunks = chunk_sizes(chunks, grid)
+        self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
+        self._name = template.name if isinstance(template, xr.DataArray) else None
+        self._default_dims = tuple(template.dims) if isinstance(template, xr.DataArray) else None
+        self._start_coords = _start_coordinates(template, grid)
+        self._plan_weights()
+        self._plan_chunks()
+        self._sink = sink if sink is not None else _MemorySink(grid.lengths)
+        self._added = np.zeros(len(grid), dtype=bool)
+        self._n_added = 0
+        self._spec: dict[Hashable, tuple[tuple[Hashable, ...], dict[Hashable, int], np.dtype]] = {}
+        self._meta: Meta | None = None
+        self._out_meta: Meta | None = None
+        self._buffers: dict[tuple[int, ...], dict[Hashable, np.ndarray]] = {}
+        self._wmaps: dict[tuple[int, ...], np.ndarray] = {}
+        self._finished = np.zeros(self._outstanding.shape, dtype=bool)
+
+    # --- planning ------------------------------------------------------------
+    def _plan_weights(self) -> None:
+        """Per-axis kernels normalised by their per-axis sums (separable normalisation)."""
+        self._factors: list[list[np.ndarray]] = []
+        self._covered: list[np.ndarray] = []
+        separable = isinstance(self.kernel, Kernel)
+        for ax in self.grid.axes:
+            before, after = ax.pad_width
+            raw = [
+                self.kernel.factor(int(n)) if separable else np.ones(int(n))
+                for n in ax.sizes
+            ]
+            denom = np.zeros(ax.length + before + after)
+            for s, f in zip(ax.starts, raw):
+                denom[s + before : s + before + len(f)] += f
+            self._covered.append(denom[before : before + ax.length] > 0)
+            if separable:
+                self._factors.append(
+                    [f / denom[s + before : s + before + len(f)] for s, f in zip(ax.starts, raw)]
+                )
+            else:
+                self._factors.append(raw)
+
+    def _plan_chunks(self) -> None:
+        """Per-axis chunk edges, the chunks each patch touches, and patches per chunk."""
+        self._edges: list[np.ndarray] = []
+        self._chunk_ranges: list[tuple[np.ndarray, np.ndarray]] = []
+        counts = []
+        for ax in self.grid.axes:
+            c = self.chunks[ax.dim]
+            edges = np.append(np.arange(0, ax.length, c), ax.length)
+            lo = np.clip(ax.starts, 0, ax.length) // c
+            hi = -(-np.clip(ax.stops, 0, ax.length) // c)
+            n_chunks = len(edges) - 1
+            diff = np.zeros(n_chunks + 1, dtype=np.int64)
+            np.add.at(diff, lo, 1)
+            np.add.at(diff, hi, -1)
+            self._edges.append(edges)
+            self._chunk_ranges.append((lo, hi))
+            counts.append(np.cumsum(diff[:-1]))
+        outstanding = np.ones((), dtype=np.int64)
+        for cnt in counts:
+            outstanding = np.multiply.outer(outstanding, cnt)
+        self._outstanding = outstanding
+
+    def chunk_order(self) -> np.ndarray:
+        """Window indices ordered so that chunks finish as early as possible.
+
+        Windows are sorted by the first chunk they touch (row-major), then by
+        grid order: every chunk is finished once the windows of its group are in.
+        """
+        first = [lo for lo, _ in self._chunk_ranges]
+        n_chunks = [len(e) - 1 for e in self._edges]
+        key = np.zeros((), dtype=np.int64)
+        for f, n in zip(first, n_chunks):
+            key = np.add.outer(key * n, f)
+        return np.argsort(key.ravel(), kind="stable")
+
+    # --- adding --------------------------------------------------------------
+    @property
+    def n_added(self) -> int:
+        """How many windows have been added."""
+        return self._n_added
+
+    def add(self, result: Any, window: Window | None = None) -> None:
+        """Add one patch result.
+
+        Parameters
+        ----------
+        result : DataArray, Dataset or array-like
+            The result for ``window``; it must hold every spatial dim at the
+            window's size. A bare array takes ``output_dims`` (default: the source's dims).
+        window : Window, optional
+            Where the result goes; default: located by the result's spatial coordinates.
+
+        Raises
+        ------
+        AggregationError
+            The window was added before, is not in the grid, or cannot be located.
+        ResultError
+            The result has the wrong dims or shape.
+        """
+        if window is None:
+            window = self._locate(result)
+        else:
+            window = self._check_window(window)
+        if self._added[window.index]:
+            raise AggregationError(f"{window!r} was already added; each window is added once")
+        variables, meta = split(
+            result,
+            spatial=self.dims,
+            default_dims=self._default_dims,
+            output_dims=self.output_dims,
+            what=f"the result for {window!r}",
+        )
+        self.add_variables(window, variables, meta)
+
+    def add_variables(self, window: Window, variables: Variables, meta: Meta) -> None:
+        """Add a result already split into named (dims, ndarray) pairs (internal)."""
+        if self._added[window.index]:
+            raise AggregationError(f"{window!r} was already added; each window is added once")
+        what = f"the result for {window!r}"
+        spatial_check(variables, dict(zip(self.dims, window.shape)), what)
+        self._check_spec(variables, meta, what)
+        self._accumulate(window, variables)
+        self._added[window.index] = True
+        self._n_added += 1
+        for cpos in self._touched(window.position):
+            self._outstanding[cpos] -= 1
+            if self._outstanding[cpos] == 0:
+                self._finish(cpos)
+
+    def _check_window(self, window: Any) -> Window:
+        if not isinstance(window, Window):
+            raise TypeError(f"window must be a Window from the grid, got {type(window).__name__}")
+        if not 0 <= window.index < len(self.grid) or self.grid[window.index] != window:
+            raise AggregationError(f"{window!r} is not a window of this grid")
+        return self.grid[window.index]
+
+    def _locate(self, result: Any) -> Window:
+        if not isinstance(result, (xr.DataArray, xr.Dataset)):
+            raise AggregationError(
+                "add(result) without a window needs a DataArray or Dataset result with the"
+                f" spatial coords {self.dims}; got {type(result).__name__}: pass the window"
+            )
+        starts = {}
+        for d, coords in self._start_coords.items():
+            if coords is None or d not in result.coords or result.sizes.get(d, 0) == 0:
+                raise AggregationError(
+                    f"cannot locate the result: dim {d!r} has no coordinate to match; pass the window"
+                )
+            value = result[d].values[0]
+            hits = np.flatnonzero(coords == value)
+            if not len(hits) and coords.dtype.kind == "f":
+                hits = np.flatnonzero(np.isclose(coords, value, rtol=1e-9, atol=0))
+            if not len(hits):
+                raise AggregationError(
+                    f"cannot locate the result: its coordinate {d}={value!r} is not the start of"
+                    " any window of the grid"
+                )
+            starts[d] = int(self.grid.axes[self.dims.index(d)].starts[hits[0]])
+        window = self.grid.locate(starts)
+        if window is None:  # pragma: no cover - starts come from the grid
+            raise AggregationError(f"no window starts at {starts}")
+        return window
+
+    def _check_spec(self, variables: Variables, meta: Meta, what: str) -> None:
+        if self._meta is None:
+            self._meta = meta
+            for name, (dims, data) in variables.items():
+                other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
+                self._spec[name] = (dims, other, data.dtype)
+            return
+        if set(variables) != set(self._spec):
+            raise AggregationError(
+                f"{what} has variables {sorted(map(str, variables))}, earlier results had"
+                f" {sorted(map(str, self._spec))}"
+            )
+        for name, (dims, data) in variables.items():
+            other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
+            if set(dims) != set(self._spec[name][0]) or other != self._spec[name][1]:
+                raise AggregationError(
+                    f"{what} has dims {dict(zip(dims, data.shape))}; earlier results had"
+                    f" non-spatial dims {self._spec[name][1]}"
+                )
+
+    def _touched(self, position: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        ranges = [
+            range(int(lo[p]), int(hi[p])) for (lo, hi), p in zip(self._chunk_ranges, position)
+        ]
+        return itertools.product(*ranges)
+
+    def _accumulate(self, window: Window, variables: Variables) -> None:
+        custom = isinstance(self.kernel, CustomWeights)
+        full_w = self.kernel(dict(zip(self.dims, window.shape))) if custom else None
+        for cpos in self._touched(window.position):
+            src, dst, facs = [], [], []
+            for i, (ax, p, c) in enumerate(zip(self.grid.axes, window.position, cpos)):
+                s = int(ax.starts[p])
+                e0, e1 = int(self._edges[i][c]), int(self._edges[i][c + 1])
+                a, b = max(s, e0), min(s + int(ax.sizes[p]), e1)
+                src.append(slice(a - s, b - s))
+                dst.append(slice(a - e0, b - e0))
+                facs.append(self._factors[i][p][a - s : b - s])
+            buffers = self._buffers.get(cpos)
+            if buffers is None:
+                buffers = self._buffers[cpos] = self._new_buffers(cpos)
+            if custom:
+                assert full_w is not None
+                w_sp = full_w[tuple(src)]
+                if cpos not in self._wmaps:
+                    self._wmaps[cpos] = np.zeros(self._chunk_shape(cpos))
+                self._wmaps[cpos][tuple(dst)] += w_sp
+            for name, (dims, data) in variables.items():
+                buf = buffers[name]
+                out_dims = self._spec[name][0]
+                if dims != out_dims:
+                    data = np.moveaxis(
+                        data, [dims.index(d) for d in out_dims], range(len(out_dims))
+                    )
+                axes = [out_dims.index(d) for d in self.dims]
+                if custom:
+                    w = _place(w_sp, axes, buf.ndim).astype(buf.dtype, copy=False)
+                else:
+                    w = _outer(facs, axes, buf.ndim, buf.dtype)
+                sl_src = _index(out_dims, self.dims, src)
+                sl_dst = _index(out_dims, self.dims, dst)
+                target = buf[sl_dst]
+                target += data[sl_src] * w
+
+    def _chunk_shape(self, cpos: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(int(e[c + 1] - e[c]) for e, c in zip(self._edges, cpos))
+
+    def _chunk_region(self, cpos: tuple[int, ...]) -> dict[Hashable, slice]:
+        return {
+            d: slice(int(e[c]), int(e[c + 1])) for d, e, c in zip(self.dims, self._edges, cpos)
+        }
+
+    def _new_buffers(self, cpos: tuple[int, ...]) -> dict[Hashable, np.ndarray]:
+        extent = dict(zip(self.dims, self._chunk_shape(cpos)))
+        out = {}
+        for name, (dims, other, dtype) in self._spec.items():
+            shape = tuple(extent[d] if d in extent else other[d] for d in dims)
+            out[name] = np.zeros(shape, dtype=accumulation_dtype(dtype))
+        return out
+
+    # --- finishing -------------------------------------------------------------
+    def _finish(self, cpos: tuple[int, ...], partial: bool = False) -> None:
+        """Normalise, fill, post-process and write one chunk, then free it."""
+        if self._finished[cpos]:
+            return
+        buffers = self._buffers.pop(cpos, None) or self._new_buffers(cpos)
+        region = self._chunk_region(cpos)
+        uncovered = self._normalise(cpos, buffers, partial)
+        variables: Variables = {}
+        for name, buf in buffers.items():
+            dims, _, dtype = self._spec[name]
+            if uncovered is not None:
+                _fill(buf, uncovered, dims, self.dims, np.nan)
+            variables[name] = (dims, buf.astype(blended_dtype(dtype), copy=False))
+        assert self._meta is not None
+        meta = self._meta
+        if self.on_chunk is not None:
+            chunk = assemble(variables, meta, self._template.isel(region), default_name=self._name)
+            try:
+                processed = self.on_chunk(chunk)
+            except Exception as err:
+                err.add_note(f"xpatch: raised by on_chunk for the chunk {_fmt(region)}")
+                raise
+            variables, meta = split(
+                processed,
+                spatial=self.dims,
+                default_dims=tuple(dims),
+                output_dims=None,
+                what=f"on_chunk for the chunk {_fmt(region)}",
+            )
+            spatial_check(
+                variables,
+                {d: s.stop - s.start for d, s in region.items()},
+                f"on_chunk for the chunk {_fmt(region)}",
+            )
+            if uncovered is not None or self.fill_value is not _DEFAULT:
+                variables = {k: (dims, np.array(v, copy=True)) for k, (dims, v) in variables.items()}
+        if uncovered is not None:
+            for dims, data in variables.values():
+                fill = default_fill(data.dtype) if self.fill_value is _DEFAULT else self.fill_value
+                _fill(data, uncovered, dims, self.dims, fill)
+        self._out_meta = meta
+        self._sink.write(region, variables)
+        self._finished[cpos] = True
+        self._wmaps.pop(cpos, None)
+
+    def _normalise(
+        self, cpos: tuple[int, ...], buffers: dict[Hashable, np.ndarray], partial: bool
+    ) -> np.ndarray | None:
+        """Divide by the weight sum where needed; return the mask of uncovered elements."""
+        region = self._chunk_region(cpos)
+        custom = isinstance(self.kernel, CustomWeights)
+        if custom or partial:
+            wsum = self._wmaps.get(cpos) if custom else self._added_weight_sum(cpos)
+            if wsum is None:
+                wsum = np.zeros(self._chunk_shape(cpos))
+            covered = wsum > 0
+            inv = np.zeros_like(wsum)
+            np.divide(1.0, wsum, out=inv, where=covered)
+            for name, buf in buffers.items():
+                dims = self._spec[name][0]
+                axes = [dims.index(d) for d in self.dims]
+                buf *= _place(inv, axes, buf.ndim).astype(buf.dtype, copy=False)
+            return None if covered.all() else ~covered
+        cov = [c[s] for c, s in zip(self._covered, region.values())]
+        if all(c.all() for c in cov):
+            return None
+        mask = np.zeros((), dtype=bool)
+        for c in cov:
+            mask = np.logical_or.outer(mask, ~c)
+        return mask
+
+    def _added_weight_sum(self, cpos: tuple[int, ...]) -> np.ndarray:
+        """Sum of the normalised weights of the added windows over one chunk."""
+        wsum = np.zeros(self._chunk_shape(cpos))
+        per_axis = []
+        for i, (ax, c) in enumerate(zip(self.grid.axes, cpos)):
+            e0, e1 = int(self._edges[i][c]), int(self._edges[i][c + 1])
+            first, last = ax.touching(np.array([e0]), np.array([e1]))
+            per_axis.append(range(int(first[0]), int(last[0])))
+        for position in itertools.product(*per_axis):
+            if not self._added[self.grid.index_of(position)]:
+                continue
+            src, dst, facs = [], [], []
+            for i, (ax, p, c) in enumerate(zip(self.grid.axes, position, cpos)):
+                s = int(ax.starts[p])
+                e0, e1 = int(self._edges[i][c]), int(self._edges[i][c + 1])
+                a, b = max(s, e0), min(s + int(ax.sizes[p]), e1)
+                dst.append(slice(a - e0, b - e0))
+                facs.append(self._factors[i][p][a - s : b - s])
+            wsum[tuple(dst)] += _outer(facs, list(range(len(facs))), len(facs), wsum.dtype)
+        return wsum
+
+    def result(self, partial: bool = False) -> xr.DataArray | xr.Dataset:
+        """The blended result, labeled with the source's coordinates.
+
+        Parameters
+        ----------
+        partial : bool, default: False
+            If True, normalise over the windows actually added and fill elements
+            none of them covers; otherwise every window must have been added.
+
+        Raises
+        ------
+        IncompleteError
+            Some windows were never added (and ``partial`` is False).
+        """
+        missing = np.flatnonzero(~self._added)
+        if len(missing) and not partial:
+            first = ", ".join(repr(self.grid[int(i)]) for i in missing[:3])
+            raise IncompleteError(
+                f"{len(missing)} of {len(self.grid)} windows were never added (first: {first});"
+                " add them, or call result(partial=True) to blend only what was added"
+            )
+        if self._meta is None:
+            raise IncompleteError("no window was added: there is nothing to blend")
+        for cpos in zip(*np.nonzero(~self._finished)):
+            self._finish(tuple(int(c) for c in cpos), partial=bool(len(missing)))
+        return self._sink_result()
+
+    def _sink_result(self) -> xr.DataArray | xr.Dataset:
+        assert self._out_meta is not None
+        if hasattr(self._sink, "result"):
+            return self._sink.result(self._out_meta, self._template, self._name)
+        return assemble(self._sink.arrays, self._out_meta, self._template, default_name=self._name)
+
+    def __repr__(self) -> str:
+        n_chunks = self._outstanding.size
+        done = int(self._finished.sum())
+        return (
+            f"<Aggregator {self._n_added}/{len(self.grid)} windows added,"
+            f" {done}/{n_chunks} chunks finished, weights={self.kernel!r}>"
+        )
+
+
+def _outer(
+    facs: Sequence[np.ndarray], axes: Sequence[int], ndim: int, dtype: np.dtype
+) -> np.ndarray:
+    """Product of 1-D factors, each placed on its axis of an ``ndim``-D array."""
+    w: np.ndarray | None = None
+    for f, ax in zip(facs, axes):
+        shape = [1] * ndim
+        shape[ax] = len(f)
+        term = f.astype(dtype, copy=False).reshape(shape)
+        w = term if w is None else w * term
+    assert w is not None
+    return w
+
+
+def _place(arr: np.ndarray, axes: Sequence[int], ndim: int) -> np.ndarray:
+    """Put the axes of a spatial array (grid dim order) on ``axes`` of an ``ndim``-D array."""
+    order = np.argsort(axes)
+    moved = np.transpose(arr, order)
+    shape = [1] * ndim
+    for k, ax in enumerate(sorted(axes)):
+        shape[ax] = moved.shape[k]
+    return moved.reshape(shape)
+
+
+def _index(
+    dims: Sequence[Hashable], spatial: Sequence[Hashable], slices: Sequence[slice]
+) -> tuple[slice, ...]:
+    lookup = dict(zip(spatial, slices))
+    return tuple(lookup.get(d, slice(None)) for d in dims)
+
+
+def _fill(
+    data: np.ndarray,
+    mask: np.ndarray,
+    dims: Sequence[Hashable],
+    spatial: Sequence[Hashable],
+    value: Any,
+) -> None:
+    """Set the masked spatial elements (mask in grid dim order) across every other dim."""
+    axes = [list(dims).index(d) for d in spatial]
+    where = np.broadcast_to(_place(mask, axes, data.ndim), data.shape)
+    np.copyto(data, np.asarray(value).astype(data.dtype), where=where)
+
+
+def _fmt(region: Mapping[Hashable, slice]) -> str:
+    return ", ".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
+
+
+def _start_coordinates(
+    template: xr.DataArray | xr.Dataset, grid: PatchGrid
+) -> dict[Hashable, np.ndarray | None]:
+    """Coordinate value at every per-axis window start (extrapolated under pad)."""
+    from xpatch._sampling import padded_coordinate
+
+    out: dict[Hashable, np.ndarray | None] = {}
+    for ax in grid.axes:
+        if ax.dim not in template.coords:
+            out[ax.dim] = None
+            continue
+        before, after = ax.pad_width
+        coord = padded_coordinate(template[ax.dim].values, before, after)
+        out[ax.dim] = coord[ax.starts + before]
+    return out
+

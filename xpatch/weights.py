@@ -1,0 +1,231 @@
+"""Blending weights: 1-D window kernels and their separable N-D products.
+
+Built-in kernels are products of 1-D kernels (see :class:`Kernel`), which lets
+the aggregator normalise them per axis (separable normalisation) instead of
+keeping an image-sized weight map. Any other weight is a :class:`CustomWeights`.
+
+Examples
+--------
+>>> import xpatch
+>>> xpatch.weights.gaussian(sigma=0.25)
+gaussian(sigma=0.25)
+>>> xpatch.weights.hann().factor(4).round(3)
+array([0.345, 0.905, 0.905, 0.345])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any, Union
+
+import numpy as np
+from scipy.signal import windows
+
+from xpatch._types import WEIGHTS_NAMES
+from xpatch.errors import WeightsError
+
+__all__ = ["CustomWeights", "Kernel", "WeightsLike", "gaussian", "hann", "mean", "resolve"]
+
+
+class Kernel:
+    """A separable kernel: the product of one 1-D factor per spatial dim.
+
+    Subclasses implement :meth:`factor`; every factor is strictly positive, so an
+    element covered by a single patch keeps a non-zero weight.
+    """
+
+    name = "kernel"
+
+    def factor(self, n: int) -> np.ndarray:
+        """The 1-D kernel for a patch of ``n`` elements (float64)."""
+        raise NotImplementedError
+
+    def __call__(self, size: Mapping[Hashable, int]) -> np.ndarray:
+        """The N-D kernel for a patch of ``size`` (dims in mapping order)."""
+        out = np.ones((), dtype=np.float64)
+        for n in size.values():
+            out = np.multiply.outer(out, self.factor(int(n)))
+        return out
+
+    def _params(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        return f"{self.name}({self._params()})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class _Mean(Kernel):
+    name = "mean"
+
+    def factor(self, n: int) -> np.ndarray:
+        return np.ones(int(n), dtype=np.float64)
+
+
+class _Gaussian(Kernel):
+    name = "gaussian"
+
+    def __init__(self, sigma: float = 0.125) -> None:
+        if not (isinstance(sigma, (int, float, np.floating)) and np.isfinite(sigma) and sigma > 0):
+            raise WeightsError(f"gaussian: sigma must be a positive finite number, got {sigma!r}")
+        self.sigma = float(sigma)
+
+    def factor(self, n: int) -> np.ndarray:
+        return _gaussian_factor(int(n), self.sigma).copy()
+
+    def _params(self) -> str:
+        return f"sigma={self.sigma:g}"
+
+
+class _Hann(Kernel):
+    name = "hann"
+
+    def factor(self, n: int) -> np.ndarray:
+        return _hann_factor(int(n)).copy()
+
+
+@lru_cache(maxsize=256)
+def _gaussian_factor(n: int, sigma: float) -> np.ndarray:
+    return windows.gaussian(n, std=sigma * n)
+
+
+@lru_cache(maxsize=256)
+def _hann_factor(n: int) -> np.ndarray:
+    return windows.hann(n + 2)[1:-1]
+
+
+def mean() -> Kernel:
+    """Constant weights: overlapping results are averaged.
+
+    Examples
+    --------
+    >>> mean().factor(3)
+    array([1., 1., 1.])
+    """
+    return _Mean()
+
+
+def gaussian(sigma: float = 0.125) -> Kernel:
+    """Gaussian weights, ``exp(-(i - c)**2 / (2 * (sigma * P)**2))`` along each axis.
+
+    Parameters
+    ----------
+    sigma : float, default: 1/8
+        Standard deviation as a fraction of the patch size ``P``.
+
+    Notes
+    -----
+    The 1-D factor is ``scipy.signal.windows.gaussian(P, std=sigma * P)``, used
+    as is: its peak is 1 for odd ``P`` and just below 1 for even ``P``.
+
+    Examples
+    --------
+    >>> gaussian().factor(5).round(3)
+    array([0.006, 0.278, 1.   , 0.278, 0.006])
+    """
+    return _Gaussian(sigma)
+
+
+def hann() -> Kernel:
+    """Hann weights, ``scipy.signal.windows.hann(P + 2)[1:-1]`` along each axis.
+
+    Strictly positive: an element covered by a single patch keeps its value.
+
+    Examples
+    --------
+    >>> hann().factor(3)
+    array([0.5, 1. , 0.5])
+    """
+    return _Hann()
+
+
+_NAMED: dict[str, Callable[[], Kernel]] = {"mean": mean, "gaussian": gaussian, "hann": hann}
+
+
+class CustomWeights:
+    """A user-given weight: an array of the patch size, or a callable.
+
+    Not separable: the aggregator keeps a weight map (per chunk) for it.
+
+    Parameters
+    ----------
+    weights : array-like, DataArray or callable
+        An array in the spatial dims' order, a DataArray with the spatial dims
+        by name, or a callable ``size -> array`` receiving a mapping dim -> size.
+    dims : sequence of hashable
+        The spatial dims, in order.
+    """
+
+    def __init__(self, weights: Any, dims: Sequence[Hashable]) -> None:
+        self.source = weights
+        self.dims = tuple(dims)
+        self._cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def __call__(self, size: Mapping[Hashable, int]) -> np.ndarray:
+        key = tuple(int(size[d]) for d in self.dims)
+        if key not in self._cache:
+            value = self.source(dict(zip(self.dims, key))) if callable(self.source) else self.source
+            self._cache[key] = self._check(value, key)
+        return self._cache[key]
+
+    def _check(self, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+        dims = getattr(value, "dims", None)
+        if dims is not None:
+            if set(dims) != set(self.dims):
+                raise WeightsError(
+                    f"weights: a DataArray weight must have exactly the spatial dims {self.dims},"
+                    f" got dims {tuple(dims)}"
+                )
+            value = value.transpose(*self.dims).values
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.shape != shape:
+            raise WeightsError(
+                f"weights: expected an array of the patch shape {dict(zip(self.dims, shape))},"
+                f" got shape {arr.shape}"
+            )
+        if not np.all(np.isfinite(arr)):
+            raise WeightsError("weights: every weight must be finite (found NaN or inf)")
+        if np.any(arr < 0):
+            raise WeightsError(f"weights: weights must be non-negative (min {arr.min()!r})")
+        if not np.any(arr > 0):
+            raise WeightsError("weights: at least one weight must be positive (all are zero)")
+        return arr
+
+    def __repr__(self) -> str:
+        return f"CustomWeights({type(self.source).__name__})"
+
+
+WeightsLike = Union[str, Kernel, Callable[..., Any], np.ndarray, Any]
+
+
+def resolve(weights: WeightsLike, dims: Sequence[Hashable]) -> Kernel | CustomWeights:
+    """Turn a ``weights`` argument into a :class:`Kernel` or :class:`CustomWeights`.
+
+    Examples
+    --------
+    >>> resolve("hann", ("y", "x"))
+    hann()
+    """
+    if isinstance(weights, Kernel):
+        return weights
+    if isinstance(weights, str):
+        if weights not in _NAMED:
+            raise WeightsError(
+                f"weights must be one of {WEIGHTS_NAMES}, a kernel from xpatch.weights,"
+                f" an array or a callable; got {weights!r}"
+            )
+        return _NAMED[weights]()
+    if weights is None:
+        raise WeightsError(f"weights must be one of {WEIGHTS_NAMES}, an array or a callable; got None")
+    if callable(weights) or hasattr(weights, "shape") or isinstance(weights, (list, tuple)):
+        return CustomWeights(weights, dims)
+    raise WeightsError(
+        f"weights must be one of {WEIGHTS_NAMES}, a kernel, an array or a callable;"
+        f" got {type(weights).__name__}"
+    )
