@@ -46,9 +46,7 @@ def check_apply_args(
     return batch_size, output_dims
 
 
-def batches(
-    windows: Iterable[Window], batch_size: int
-) -> Iterator[list[Window]]:
+def batches(windows: Iterable[Window], batch_size: int) -> Iterator[list[Window]]:
     """Consecutive windows of equal shape, at most ``batch_size`` at a time."""
     batch: list[Window] = []
     for w in windows:
@@ -249,6 +247,10 @@ def dispatch(
     if out is None:
         if resume:
             raise ValueError("resume=True needs out=, the zarr store of the interrupted run")
+        from xpatch.parallel import apply_lazy, is_dask_backed
+
+        if is_dask_backed(obj):
+            return apply_lazy(obj, func, grid, **kwargs)
         return apply(obj, func, grid, **kwargs)
     from xpatch.store import apply_to_store
 

@@ -78,14 +78,17 @@ class Sampler:
                     self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
         self._constant = grid.pad_mode == "constant"
 
-    def __call__(self, window: Window) -> Any:
-        inside = all(
-            s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
-        )
-        if inside:
-            return self.obj.isel(dict(zip(window.dims, window.slices)))
+    def plan(
+        self, window: Window
+    ) -> tuple[dict[Hashable, Any], list[tuple[Hashable, np.ndarray]], dict[Hashable, Any]]:
+        """How to cut ``window``: per-dim indexers, constant-pad masks, replaced coords.
+
+        Indexers are slices for windows inside the array and integer arrays
+        (through the padded index map) for dims where a window leaves it.
+        """
         indexers: dict[Hashable, Any] = {}
-        masks: list[xr.DataArray] = []
+        masks: list[tuple[Hashable, np.ndarray]] = []
+        coords: dict[Hashable, Any] = {}
         for d, s in zip(window.dims, window.slices):
             if s.start >= 0 and s.stop <= self.lengths[d]:
                 indexers[d] = s
@@ -93,27 +96,30 @@ class Sampler:
             b = self._before[d]
             raw = self._maps[d][s.start + b : s.stop + b]
             if self._constant:
-                valid = (raw >= 0) & (raw < self.lengths[d])
-                masks.append(xr.DataArray(valid, dims=(d,)))
+                masks.append((d, (raw >= 0) & (raw < self.lengths[d])))
                 raw = np.clip(raw, 0, self.lengths[d] - 1)
             indexers[d] = raw
+            if d in self._coords:
+                coords[d] = (d, self._coords[d][s.start + b : s.stop + b])
+        return indexers, masks, coords
+
+    def __call__(self, window: Window) -> Any:
+        if all(
+            s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
+        ):
+            return self.obj.isel(dict(zip(window.dims, window.slices)))
+        indexers, masks, coords = self.plan(window)
         patch = self.obj.isel(indexers)
         if masks:
-            mask = masks[0]
-            for m in masks[1:]:
-                mask = mask & m
+            mask = None
+            for d, valid in masks:
+                m = xr.DataArray(valid, dims=(d,))
+                mask = m if mask is None else mask & m
             patch = patch.where(mask, 0)
-        new = {
-            d: (d, self._coords[d][s.start + self._before[d] : s.stop + self._before[d]])
-            for d, s in zip(window.dims, window.slices)
-            if d in self._coords and not isinstance(indexers[d], slice)
-        }
-        return patch.assign_coords(new) if new else patch
+        return patch.assign_coords(coords) if coords else patch
 
 
-def stack(
-    patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable
-) -> Any:
+def stack(patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable) -> Any:
     """Stack patches of equal shape along a new leading ``batch_dim``.
 
     Spatial coordinates differ from patch to patch and are dropped; the batch
@@ -121,9 +127,7 @@ def stack(
     """
     first = patches[0]
     spatial = set(windows[0].dims)
-    coords = {
-        k: v.variable for k, v in first.coords.items() if not spatial.intersection(v.dims)
-    }
+    coords = {k: v.variable for k, v in first.coords.items() if not spatial.intersection(v.dims)}
     coords[batch_dim] = xr.Variable((batch_dim,), np.array([w.index for w in windows]))
     if isinstance(first, xr.DataArray):
         data = np.stack([np.asarray(p.data) for p in patches])

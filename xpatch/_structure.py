@@ -78,9 +78,7 @@ def split(
             ) from err
         dims = tuple(output_dims) if output_dims is not None else default_dims
         if dims is None:
-            raise ResultError(
-                f"{what} returned a bare array; pass output_dims to name its dims"
-            )
+            raise ResultError(f"{what} returned a bare array; pass output_dims to name its dims")
         if data.ndim != len(dims):
             raise ResultError(
                 f"{what} returned an array of shape {data.shape} ({data.ndim} dims), but"
@@ -122,9 +120,7 @@ def assemble(
             coords[name] = var
     if meta.kind == "dataarray":
         dims, _ = variables[THIS]
-        da_coords = {
-            k: v for k, v in coords.items() if set(v.dims) <= set(dims)
-        }
+        da_coords = {k: v for k, v in coords.items() if set(v.dims) <= set(dims)}
         name = meta.name if meta.from_labeled and meta.name is not None else default_name
         attrs = meta.attrs if meta.from_labeled else dict(template.attrs)
         return xr.DataArray(data_vars[THIS], coords=da_coords, name=name, attrs=attrs)

@@ -81,9 +81,7 @@ def validate_grid_args(
         raise GridError(f"border must be one of {BORDERS}, got {border!r}")
     if pad_mode is not None:
         if border != "pad":
-            raise GridError(
-                f"pad_mode={pad_mode!r} needs border='pad', got border={border!r}"
-            )
+            raise GridError(f"pad_mode={pad_mode!r} needs border='pad', got border={border!r}")
         if pad_mode not in PAD_MODES:
             raise GridError(
                 f"pad_mode must be one of {PAD_MODES} (numpy.pad modes that depend only on"

@@ -11,6 +11,7 @@ the output and freed.
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._structure import THIS, Meta, assemble, spatial_check, split
+from xpatch._structure import Meta, assemble, spatial_check, split
 from xpatch._validate import is_int, positive_int
 from xpatch.errors import AggregationError, DimensionError, GridError, IncompleteError
 from xpatch.grid import PatchGrid, Window
@@ -79,6 +80,46 @@ def chunk_sizes(
     return out
 
 
+def chunk_edges(
+    chunks: int | Mapping[Hashable, Any] | None, grid: PatchGrid
+) -> dict[Hashable, np.ndarray]:
+    """Chunk boundaries per spatial dim.
+
+    ``chunks`` is an int, a mapping dim -> int (regular chunks from 0), or a
+    mapping dim -> tuple of ints (explicit chunk lengths, as dask gives them).
+    """
+    if isinstance(chunks, Mapping) and any(isinstance(v, tuple) for v in chunks.values()):
+        out = {}
+        for d in grid.dims:
+            value = chunks.get(d, grid.lengths[d])
+            if not isinstance(value, tuple):
+                value = chunk_sizes({d: value}, grid).get(d, grid.lengths[d])
+                out[d] = np.append(np.arange(0, grid.lengths[d], value), grid.lengths[d])
+                continue
+            if sum(value) != grid.lengths[d]:
+                raise GridError(
+                    f"chunks for dim {d!r} sum to {sum(value)}, not the dim's length"
+                    f" {grid.lengths[d]}"
+                )
+            out[d] = np.concatenate([[0], np.cumsum(value)]).astype(np.int64)
+        return out
+    sizes = chunk_sizes(chunks, grid)
+    return {
+        d: np.append(np.arange(0, grid.lengths[d], c), grid.lengths[d]) for d, c in sizes.items()
+    }
+
+
+class _Capture:
+    """Keeps the last chunk written (for dask blocks and dry runs)."""
+
+    def __init__(self) -> None:
+        self.variables: Variables = {}
+        self.meta: Meta | None = None
+
+    def write(self, region: Mapping[Hashable, slice], variables: Variables, meta: Meta) -> None:
+        self.variables, self.meta = dict(variables), meta
+
+
 class _MemorySink:
     """Output held in memory: one numpy array per variable."""
 
@@ -86,11 +127,9 @@ class _MemorySink:
         self.lengths = dict(lengths)
         self.arrays: dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]] = {}
 
-    def write(self, region: Mapping[Hashable, slice], variables: Variables) -> None:
+    def write(self, region: Mapping[Hashable, slice], variables: Variables, meta: Meta) -> None:
         for name, (dims, data) in variables.items():
-            whole = all(
-                region[d].start == 0 and region[d].stop == self.lengths[d] for d in region
-            )
+            whole = all(region[d].start == 0 and region[d].stop == self.lengths[d] for d in region)
             if name not in self.arrays:
                 if whole:
                     self.arrays[name] = (dims, data)
@@ -168,13 +207,11 @@ class Aggregator:
             output_dims = tuple(output_dims)
             missing = [d for d in grid.dims if d not in output_dims]
             if missing:
-                raise DimensionError(
-                    f"output_dims {output_dims} lacks the spatial dims {missing}"
-                )
+                raise DimensionError(f"output_dims {output_dims} lacks the spatial dims {missing}")
         self.output_dims = output_dims
         self.on_chunk = on_chunk
         self.fill_value = fill_value
-        self.chunks = chunk_sizes(chunks, grid)
+        self._chunk_edges = chunk_edges(chunks, grid)
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
         self._name = template.name if isinstance(template, xr.DataArray) else None
         self._default_dims = tuple(template.dims) if isinstance(template, xr.DataArray) else None
@@ -199,10 +236,7 @@ class Aggregator:
         separable = isinstance(self.kernel, Kernel)
         for ax in self.grid.axes:
             before, after = ax.pad_width
-            raw = [
-                self.kernel.factor(int(n)) if separable else np.ones(int(n))
-                for n in ax.sizes
-            ]
+            raw = [self.kernel.factor(int(n)) if separable else np.ones(int(n)) for n in ax.sizes]
             denom = np.zeros(ax.length + before + after)
             for s, f in zip(ax.starts, raw):
                 denom[s + before : s + before + len(f)] += f
@@ -220,10 +254,9 @@ class Aggregator:
         self._chunk_ranges: list[tuple[np.ndarray, np.ndarray]] = []
         counts = []
         for ax in self.grid.axes:
-            c = self.chunks[ax.dim]
-            edges = np.append(np.arange(0, ax.length, c), ax.length)
-            lo = np.clip(ax.starts, 0, ax.length) // c
-            hi = -(-np.clip(ax.stops, 0, ax.length) // c)
+            edges = self._chunk_edges[ax.dim]
+            lo = np.searchsorted(edges, np.clip(ax.starts, 0, ax.length), side="right") - 1
+            hi = np.searchsorted(edges, np.clip(ax.stops, 0, ax.length), side="left")
             n_chunks = len(edges) - 1
             diff = np.zeros(n_chunks + 1, dtype=np.int64)
             np.add.at(diff, lo, 1)
@@ -299,9 +332,33 @@ class Aggregator:
         self._added[window.index] = True
         self._n_added += 1
         for cpos in self._touched(window.position):
+            if self._finished[cpos]:
+                continue
             self._outstanding[cpos] -= 1
             if self._outstanding[cpos] == 0:
                 self._finish(cpos)
+
+    @property
+    def chunk_grid(self) -> tuple[int, ...]:
+        """Number of chunks along each spatial dim."""
+        return self._outstanding.shape
+
+    def skip_finished(self, done: np.ndarray) -> np.ndarray:
+        """Treat the chunks flagged in ``done`` as finished elsewhere (resume).
+
+        Returns the mask of windows that touch only finished chunks: they need
+        not be computed and count as added. Windows that also touch unfinished
+        chunks must still be added; they contribute to those chunks only.
+        """
+        done = np.asarray(done, dtype=bool).reshape(self._outstanding.shape)
+        self._finished |= done
+        skip = np.zeros(len(self.grid), dtype=bool)
+        for window in self.grid:
+            if all(self._finished[c] for c in self._touched(window.position)):
+                skip[window.index] = True
+        self._added |= skip
+        self._n_added = int(self._added.sum())
+        return skip
 
     def _check_window(self, window: Any) -> Window:
         if not isinstance(window, Window):
@@ -320,7 +377,8 @@ class Aggregator:
         for d, coords in self._start_coords.items():
             if coords is None or d not in result.coords or result.sizes.get(d, 0) == 0:
                 raise AggregationError(
-                    f"cannot locate the result: dim {d!r} has no coordinate to match; pass the window"
+                    f"cannot locate the result: dim {d!r} has no coordinate to match;"
+                    " pass the window"
                 )
             value = result[d].values[0]
             hits = np.flatnonzero(coords == value)
@@ -336,6 +394,32 @@ class Aggregator:
         if window is None:  # pragma: no cover - starts come from the grid
             raise AggregationError(f"no window starts at {starts}")
         return window
+
+    def add_spec(self, window: Window, variables: Variables, meta: Meta) -> None:
+        """Fix the result's layout from one (dry-run) result without adding it (dask path)."""
+        spatial_check(variables, dict(zip(self.dims, window.shape)), f"the result for {window!r}")
+        self._check_spec(variables, meta, f"the result for {window!r}")
+
+    def check_variables(self, window: Window, variables: Variables) -> None:
+        """Check one result against the layout fixed by earlier results."""
+        what = f"the result for {window!r}"
+        spatial_check(variables, dict(zip(self.dims, window.shape)), what)
+        assert self._meta is not None
+        self._check_spec(variables, self._meta, what)
+
+    @property
+    def edges(self) -> list[np.ndarray]:
+        """Chunk boundaries along each spatial dim."""
+        return list(self._edges)
+
+    def windows_touching(self, cpos: tuple[int, ...]) -> list[Window]:
+        """Every window that overlaps chunk ``cpos``."""
+        ranges = []
+        for i, (ax, c) in enumerate(zip(self.grid.axes, cpos)):
+            e0, e1 = self._edges[i][c], self._edges[i][c + 1]
+            first, last = ax.touching(np.array([e0]), np.array([e1]))
+            ranges.append(range(int(first[0]), int(last[0])))
+        return [self.grid[self.grid.index_of(p)] for p in itertools.product(*ranges)]
 
     def _check_spec(self, variables: Variables, meta: Meta, what: str) -> None:
         if self._meta is None:
@@ -363,10 +447,14 @@ class Aggregator:
         ]
         return itertools.product(*ranges)
 
-    def _accumulate(self, window: Window, variables: Variables) -> None:
+    def _accumulate(
+        self, window: Window, variables: Variables, only: tuple[int, ...] | None = None
+    ) -> None:
         custom = isinstance(self.kernel, CustomWeights)
         full_w = self.kernel(dict(zip(self.dims, window.shape))) if custom else None
-        for cpos in self._touched(window.position):
+        for cpos in self._touched(window.position) if only is None else [only]:
+            if self._finished[cpos]:
+                continue
             src, dst, facs = [], [], []
             for i, (ax, p, c) in enumerate(zip(self.grid.axes, window.position, cpos)):
                 s = int(ax.starts[p])
@@ -405,9 +493,7 @@ class Aggregator:
         return tuple(int(e[c + 1] - e[c]) for e, c in zip(self._edges, cpos))
 
     def _chunk_region(self, cpos: tuple[int, ...]) -> dict[Hashable, slice]:
-        return {
-            d: slice(int(e[c]), int(e[c + 1])) for d, e, c in zip(self.dims, self._edges, cpos)
-        }
+        return {d: slice(int(e[c]), int(e[c + 1])) for d, e, c in zip(self.dims, self._edges, cpos)}
 
     def _new_buffers(self, cpos: tuple[int, ...]) -> dict[Hashable, np.ndarray]:
         extent = dict(zip(self.dims, self._chunk_shape(cpos)))
@@ -416,6 +502,26 @@ class Aggregator:
             shape = tuple(extent[d] if d in extent else other[d] for d in dims)
             out[name] = np.zeros(shape, dtype=accumulation_dtype(dtype))
         return out
+
+    def fork(self) -> Aggregator:
+        """A copy sharing the plan, with fresh accumulation state (for one dask block)."""
+        twin = copy.copy(self)
+        twin._buffers = {}
+        twin._wmaps = {}
+        twin._finished = np.zeros(self._outstanding.shape, dtype=bool)
+        twin._added = self._added.copy()
+        twin._sink = _Capture()
+        return twin
+
+    def finish_block(
+        self, cpos: tuple[int, ...], added: Sequence[tuple[Window, Variables]]
+    ) -> Variables:
+        """Blend the given results into chunk ``cpos`` only and return it (dask path)."""
+        twin = self.fork()
+        for window, variables in added:
+            twin._accumulate(window, variables, only=cpos)
+        twin._finish(cpos)
+        return twin._sink.variables
 
     # --- finishing -------------------------------------------------------------
     def _finish(self, cpos: tuple[int, ...], partial: bool = False) -> None:
@@ -453,15 +559,19 @@ class Aggregator:
                 f"on_chunk for the chunk {_fmt(region)}",
             )
             if uncovered is not None or self.fill_value is not _DEFAULT:
-                variables = {k: (dims, np.array(v, copy=True)) for k, (dims, v) in variables.items()}
+                variables = {
+                    k: (dims, np.array(v, copy=True)) for k, (dims, v) in variables.items()
+                }
         if uncovered is not None:
             for dims, data in variables.values():
                 fill = default_fill(data.dtype) if self.fill_value is _DEFAULT else self.fill_value
                 _fill(data, uncovered, dims, self.dims, fill)
         self._out_meta = meta
-        self._sink.write(region, variables)
+        self._sink.write(region, variables, meta)
         self._finished[cpos] = True
         self._wmaps.pop(cpos, None)
+        if hasattr(self._sink, "record"):
+            self._sink.record(self._finished)
 
     def _normalise(
         self, cpos: tuple[int, ...], buffers: dict[Hashable, np.ndarray], partial: bool
@@ -500,7 +610,7 @@ class Aggregator:
         for position in itertools.product(*per_axis):
             if not self._added[self.grid.index_of(position)]:
                 continue
-            src, dst, facs = [], [], []
+            dst, facs = [], []
             for i, (ax, p, c) in enumerate(zip(self.grid.axes, position, cpos)):
                 s = int(ax.starts[p])
                 e0, e1 = int(self._edges[i][c]), int(self._edges[i][c + 1])
@@ -531,16 +641,17 @@ class Aggregator:
                 f"{len(missing)} of {len(self.grid)} windows were never added (first: {first});"
                 " add them, or call result(partial=True) to blend only what was added"
             )
-        if self._meta is None:
+        resumed = self._finished.all() and hasattr(self._sink, "result")
+        if self._meta is None and not resumed:
             raise IncompleteError("no window was added: there is nothing to blend")
         for cpos in zip(*np.nonzero(~self._finished)):
             self._finish(tuple(int(c) for c in cpos), partial=bool(len(missing)))
         return self._sink_result()
 
     def _sink_result(self) -> xr.DataArray | xr.Dataset:
-        assert self._out_meta is not None
         if hasattr(self._sink, "result"):
-            return self._sink.result(self._out_meta, self._template, self._name)
+            return self._sink.result()
+        assert self._out_meta is not None
         return assemble(self._sink.arrays, self._out_meta, self._template, default_name=self._name)
 
     def __repr__(self) -> str:
@@ -615,4 +726,3 @@ def _start_coordinates(
         coord = padded_coordinate(template[ax.dim].values, before, after)
         out[ax.dim] = coord[ax.starts + before]
     return out
-

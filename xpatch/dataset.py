@@ -84,15 +84,21 @@ class _MemmapRecipe:
 
     def open(self) -> np.memmap:
         return np.memmap(
-            self.filename, dtype=self.dtype, mode="r", shape=self.shape,
-            offset=self.offset, order=self.order,
+            self.filename,
+            dtype=self.dtype,
+            mode="r",
+            shape=self.shape,
+            offset=self.offset,
+            order=self.order,
         )
 
 
 def _memmap_of(var: xr.Variable) -> np.memmap | None:
     data = var._data  # the raw array, without loading a lazy one
-    if isinstance(data, np.memmap) and data.filename and (
-        data.flags.c_contiguous or data.flags.f_contiguous
+    if (
+        isinstance(data, np.memmap)
+        and data.filename
+        and (data.flags.c_contiguous or data.flags.f_contiguous)
     ):
         return data
     return None

@@ -225,7 +225,9 @@ class PatchGrid(Sequence[Window]):
         self.border: Border = border
         self.pad_mode: PadMode | None = pad
         self.axes: tuple[AxisPlan, ...] = tuple(
-            AxisPlan(d, self.lengths[d], *axis_starts(self.lengths[d], size_d[d], step_d[d], border))
+            AxisPlan(
+                d, self.lengths[d], *axis_starts(self.lengths[d], size_d[d], step_d[d], border)
+            )
             for d in self.dims
         )
         self._counts = tuple(len(a.starts) for a in self.axes)
@@ -379,11 +381,20 @@ class PatchGrid(Sequence[Window]):
             ys, xs = w.slices
             color = edgecolor or colors[w.index % len(colors)]
             ax.add_patch(
-                Rectangle((xs.start - 0.5, ys.start - 0.5), xs.stop - xs.start, ys.stop - ys.start,
-                          edgecolor=color, **style)
+                Rectangle(
+                    (xs.start - 0.5, ys.start - 0.5),
+                    xs.stop - xs.start,
+                    ys.stop - ys.start,
+                    edgecolor=color,
+                    **style,
+                )
             )
-        ax.set_xlim(min(-0.5, self.axes[1].starts[0] - 0.5), max(self.lengths[self.dims[1]],
-                    self.axes[1].stops[-1]) - 0.5)
-        ax.set_ylim(max(self.lengths[self.dims[0]], self.axes[0].stops[-1]) - 0.5,
-                    min(-0.5, self.axes[0].starts[0] - 0.5))
+        ax.set_xlim(
+            min(-0.5, self.axes[1].starts[0] - 0.5),
+            max(self.lengths[self.dims[1]], self.axes[1].stops[-1]) - 0.5,
+        )
+        ax.set_ylim(
+            max(self.lengths[self.dims[0]], self.axes[0].stops[-1]) - 0.5,
+            min(-0.5, self.axes[0].starts[0] - 0.5),
+        )
         return ax

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from functools import lru_cache
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from scipy.signal import windows
@@ -201,7 +201,7 @@ class CustomWeights:
         return f"CustomWeights({type(self.source).__name__})"
 
 
-WeightsLike = Union[str, Kernel, Callable[..., Any], np.ndarray, Any]
+WeightsLike = str | Kernel | Callable[..., Any] | np.ndarray | Any
 
 
 def resolve(weights: WeightsLike, dims: Sequence[Hashable]) -> Kernel | CustomWeights:
@@ -222,7 +222,9 @@ def resolve(weights: WeightsLike, dims: Sequence[Hashable]) -> Kernel | CustomWe
             )
         return _NAMED[weights]()
     if weights is None:
-        raise WeightsError(f"weights must be one of {WEIGHTS_NAMES}, an array or a callable; got None")
+        raise WeightsError(
+            f"weights must be one of {WEIGHTS_NAMES}, an array or a callable; got None"
+        )
     if callable(weights) or hasattr(weights, "shape") or isinstance(weights, (list, tuple)):
         return CustomWeights(weights, dims)
     raise WeightsError(

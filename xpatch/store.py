@@ -1,0 +1,314 @@
+"""Out-of-core output: finished chunks written to a zarr store as they complete.
+
+The store is laid out as ``to_zarr`` would write the result (readable with
+``xr.open_zarr`` or ``xr.open_dataarray(engine="zarr")``), with zarr chunks equal
+to the aggregation chunks, so no two chunks ever share a zarr chunk. Which chunks
+are complete is recorded in the group's attributes (key ``"xpatch"``), always
+after the chunk's data, so a crash never leaves a chunk marked complete that was
+not fully written. ``resume=True`` reads that record and recomputes only the
+unfinished chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from xpatch._structure import THIS, Meta, assemble
+from xpatch.errors import PatchError
+from xpatch.grid import PatchGrid
+
+RECORD = "xpatch"
+
+
+class StoreError(PatchError):
+    """The zarr store cannot be used: it belongs to another run, or has the wrong layout."""
+
+
+def _zarr() -> Any:
+    try:
+        import zarr
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("out= needs zarr: pip install 'xpatch[zarr]'") from err
+    return zarr
+
+
+def _describe(obj: Any) -> str:
+    if obj is None:
+        return "None"
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    return f"{module}.{name}"
+
+
+class ZarrSink:
+    """Writes finished chunks of the result into a zarr store or array."""
+
+    def __init__(
+        self,
+        out: Any,
+        template: xr.DataArray | xr.Dataset,
+        grid: PatchGrid,
+        chunks: Mapping[Hashable, int],
+        *,
+        resume: bool,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        zarr = _zarr()
+        self.zarr = zarr
+        self.grid = grid
+        self.chunks = dict(chunks)
+        self.template = template
+        self.name = template.name if isinstance(template, xr.DataArray) else None
+        self.record_value = {"grid": grid.signature(), "chunks": [chunks[d] for d in grid.dims]}
+        self.record_value.update(config or {})
+        self.array = out if isinstance(out, zarr.Array) else None
+        self.store = (
+            None
+            if self.array is not None
+            else (os.fspath(out) if isinstance(out, (str, os.PathLike)) else out)
+        )
+        self.done: np.ndarray | None = None
+        self.created = False
+        self.kind = "dataarray"
+        self.var_names: dict[Hashable, str] = {}
+        if self.array is not None:
+            self._check_array()
+        if resume:
+            self.done = self._read_record()
+
+    # --- existing store -----------------------------------------------------
+    def _group(self, mode: str = "r+") -> Any:
+        return self.zarr.open_group(self.store, mode=mode)
+
+    def _read_record(self) -> np.ndarray | None:
+        try:
+            attrs = self.array.attrs if self.array is not None else self._group("r").attrs
+        except (FileNotFoundError, KeyError, ValueError, OSError):
+            return None  # nothing to resume: start afresh
+        record = attrs.get(RECORD)
+        if record is None:
+            raise StoreError(
+                f"out={self.store!r} exists but holds no xpatch run record; it was not written"
+                " by apply(out=...): refusing to resume into it (use resume=False to overwrite)"
+            )
+        expected = {k: v for k, v in self.record_value.items()}
+        found = {k: record.get(k) for k in expected}
+        if _jsonable(found) != _jsonable(expected):
+            diff = [k for k in expected if _jsonable(found[k]) != _jsonable(expected[k])]
+            raise StoreError(
+                f"out={self.store!r} was written by a different run configuration ({diff} differ:"
+                f" store has {[found[k] for k in diff]}, this run has"
+                f" {[expected[k] for k in diff]}); refusing to mix results"
+            )
+        self.created = True
+        self.kind = record.get("kind", "dataarray")
+        self.var_names = {
+            (THIS if k == THIS else k): v for k, v in record.get("variables", {}).items()
+        }
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
+        n = int(np.prod(record["chunk_grid"]))
+        return bits[:n].astype(bool).reshape(record["chunk_grid"])
+
+    def _check_array(self) -> None:
+        assert self.array is not None
+        dims = _array_dims(self.array)
+        if dims is None:
+            raise StoreError(
+                "out: a zarr array needs dimension names (zarr v3 dimension_names or the"
+                " _ARRAY_DIMENSIONS attribute) so that its dims can be matched by name"
+            )
+        for d in self.grid.dims:
+            if d not in dims:
+                raise StoreError(f"out: the zarr array's dims {dims} lack the spatial dim {d!r}")
+            n = self.array.shape[dims.index(d)]
+            if n != self.grid.lengths[d]:
+                raise StoreError(
+                    f"out: the zarr array has length {n} along {d!r}, the source has"
+                    f" {self.grid.lengths[d]}"
+                )
+            zc = self.array.chunks[dims.index(d)]
+            if self.chunks[d] % zc and self.chunks[d] != self.grid.lengths[d]:
+                raise StoreError(
+                    f"out: chunks for dim {d!r} ({self.chunks[d]}) must be a multiple of the"
+                    f" zarr array's chunks ({zc}) so that no two chunks share a zarr chunk"
+                )
+
+    # --- writing --------------------------------------------------------------
+    def _create(
+        self, variables: Mapping[Hashable, tuple[tuple[Hashable, ...], np.ndarray]], meta: Meta
+    ) -> None:
+        import dask.array as dsa
+
+        if self.array is not None:
+            ((name, (dims, data)),) = variables.items()
+            adims = _array_dims(self.array)
+            if set(adims or ()) != set(dims):
+                raise StoreError(f"out: the zarr array has dims {adims}, the result has {dims}")
+            self.var_names = {name: ""}
+            self.created = True
+            return
+        lazy = {}
+        encoding = {}
+        self.kind = meta.kind
+        for name, (dims, data) in variables.items():
+            shape = tuple(self.grid.lengths.get(d, n) for d, n in zip(dims, data.shape))
+            chunks = tuple(self.chunks.get(d, n) for d, n in zip(dims, shape))
+            lazy[name] = (dims, dsa.zeros(shape, dtype=data.dtype, chunks=chunks))
+            key = _var_name(name, meta, self.name)
+            self.var_names[name] = key
+            encoding[key] = {"chunks": chunks}
+        obj = assemble(lazy, meta, self.template, default_name=self.name)
+        ds = obj.to_dataset(name=self.var_names[THIS]) if isinstance(obj, xr.DataArray) else obj
+        ds.attrs = dict(ds.attrs)
+        for key in encoding:
+            ds[key].encoding = {}
+        ds.to_zarr(self.store, mode="w", compute=False, encoding=encoding, consolidated=False)
+        self.created = True
+        chunk_grid = [len(range(0, self.grid.lengths[d], self.chunks[d])) for d in self.grid.dims]
+        self._write_record(np.zeros(chunk_grid, dtype=bool))
+
+    def write(
+        self,
+        region: Mapping[Hashable, slice],
+        variables: Mapping[Hashable, tuple[tuple[Hashable, ...], np.ndarray]],
+        meta: Meta,
+    ) -> None:
+        if not self.created:
+            self._create(variables, meta)
+        for name, (dims, data) in variables.items():
+            if name not in self.var_names:
+                raise StoreError(
+                    f"the result variable {name!r} is not in the store (it has"
+                    f" {sorted(map(str, self.var_names))})"
+                )
+            target = (
+                self.array
+                if self.array is not None
+                else self.zarr.open_array(self.store, path=self.var_names[name], mode="r+")
+            )
+            tdims = _array_dims(target) or dims
+            if set(tdims) != set(dims):
+                raise StoreError(f"the store's {name!r} has dims {tdims}, the result has {dims}")
+            data = np.moveaxis(data, [dims.index(d) for d in tdims], range(len(dims)))
+            index = tuple(region.get(d, slice(None)) for d in tdims)
+            expected = tuple(
+                (s.stop - s.start) if isinstance(s, slice) and s.stop is not None else n
+                for s, n in zip(index, target.shape)
+            )
+            if data.shape != expected:
+                raise StoreError(
+                    f"the result's {name!r} has shape {data.shape} for the chunk, the store"
+                    f" expects {expected}"
+                )
+            target[index] = data.astype(target.dtype, copy=False)
+
+    def record(self, finished: np.ndarray) -> None:
+        """Mark chunks complete: called after their data is written."""
+        self._write_record(finished)
+
+    def _write_record(self, finished: np.ndarray) -> None:
+        value = dict(self.record_value)
+        value.update(
+            kind=self.kind,
+            variables={
+                ("<this-array>" if k == THIS else str(k)): v for k, v in self.var_names.items()
+            },
+            chunk_grid=list(finished.shape),
+            done=np.packbits(finished.ravel()).tobytes().hex(),
+            complete=bool(finished.all()),
+        )
+        attrs = self.array.attrs if self.array is not None else self._group().attrs
+        attrs[RECORD] = value
+
+    def result(self) -> xr.DataArray | xr.Dataset:
+        """The result, opened lazily from the store."""
+        if self.array is not None:
+            import dask.array as dsa
+
+            dims = _array_dims(self.array)
+            return xr.DataArray(dsa.from_zarr(self.array), dims=dims, name=self.name)
+        ds = xr.open_zarr(self.store, consolidated=False)
+        ds.attrs.pop(RECORD, None)
+        if self.kind == "dataarray":
+            da = ds[self.var_names[THIS]]
+            if self.var_names[THIS] == "result" and self.name is None:
+                da.name = None
+            return da
+        return ds
+
+
+def _var_name(name: Hashable, meta: Meta, default: Hashable | None) -> str:
+    if name != THIS:
+        return str(name)
+    chosen = meta.name if meta.from_labeled and meta.name is not None else default
+    return "result" if chosen is None else str(chosen)
+
+
+def _array_dims(array: Any) -> tuple[Hashable, ...] | None:
+    names = getattr(getattr(array, "metadata", None), "dimension_names", None)
+    if names:
+        return tuple(names)
+    dims = array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(dims) if dims else None
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def apply_to_store(
+    obj: xr.DataArray | xr.Dataset,
+    func: Callable[[Any], Any],
+    grid: PatchGrid,
+    *,
+    out: Any,
+    resume: bool,
+    **kwargs: Any,
+) -> xr.DataArray | xr.Dataset:
+    """``apply`` writing finished chunks to ``out``; resumable."""
+    from xpatch import _apply
+    from xpatch.aggregate import Aggregator, chunk_sizes
+
+    batch_size, agg_dims = _apply.check_apply_args(
+        obj, func, kwargs["batch_size"], kwargs["batch_dim"], kwargs["output_dims"]
+    )
+    chunks = chunk_sizes(kwargs["chunks"], grid)
+    weights = kwargs["weights"]
+    config = {
+        "func": _describe(func),
+        "on_chunk": _describe(kwargs["on_chunk"]),
+        "weights": weights if isinstance(weights, str) else repr(weights),
+    }
+    agg = Aggregator(
+        obj,
+        grid,
+        weights=weights,
+        chunks=kwargs["chunks"],
+        on_chunk=kwargs["on_chunk"],
+        fill_value=kwargs["fill_value"],
+        output_dims=agg_dims,
+        sink=None,
+    )
+    sink = ZarrSink(out, obj, grid, chunks, resume=resume, config=config)
+    agg._sink = sink
+    skip = agg.skip_finished(sink.done) if sink.done is not None else None
+    _apply.run(
+        obj,
+        func,
+        grid,
+        agg,
+        batch_size=batch_size,
+        batch_dim=kwargs["batch_dim"],
+        output_dims=agg_dims,
+        ordered=True,
+        progress=kwargs["progress"],
+        skip=skip,
+    )
+    return agg.result()
