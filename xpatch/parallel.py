@@ -28,7 +28,7 @@ import xarray as xr
 from xpatch._apply import batches, check_apply_args, unbatch
 from xpatch._sampling import Sampler, stack
 from xpatch._structure import split
-from xpatch.aggregate import Aggregator, accumulation_dtype
+from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
 
 
@@ -213,7 +213,7 @@ def apply_lazy(
 
     def cut(window: Window) -> tuple[list[Any], list[Any], list[Any], dict[Hashable, Any]]:
         indexers, masks, new_coords = sampler.plan(window)
-        coords_ds = skeleton.isel(indexers)
+        coords_ds = skeleton.isel(indexers, missing_dims="ignore")
         if new_coords:
             coords_ds = coords_ds.assign_coords(new_coords)
         coords = {k: v.variable for k, v in coords_ds.coords.items()}
@@ -354,5 +354,3 @@ def _nested_keys(name: str, ranges: Sequence[range]) -> Any:
 
     return build((), ranges)
 
-
-_ = accumulation_dtype
