@@ -77,6 +77,7 @@ class Sampler:
                 if ax.dim in obj.coords:
                     self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
         self._constant = grid.pad_mode == "constant"
+        self._fast = _FastCutter.make(obj, grid)
 
     def plan(
         self, window: Window
@@ -107,6 +108,8 @@ class Sampler:
         if all(
             s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
         ):
+            if self._fast is not None:
+                return self._fast(window)
             return self.obj.isel(dict(zip(window.dims, window.slices)))
         indexers, masks, coords = self.plan(window)
         patch = self.obj.isel(indexers)
@@ -117,6 +120,97 @@ class Sampler:
                 mask = m if mask is None else mask & m
             patch = patch.where(mask, 0)
         return patch.assign_coords(coords) if coords else patch
+
+
+class _FastCutter:
+    """Builds in-bounds patches of an in-memory DataArray without ``isel``.
+
+    ``isel`` re-slices every coordinate and rebuilds every index for each patch;
+    here the per-axis coordinate slices and indexes are cached per window start,
+    and the patch is assembled directly. The result is the same DataArray that
+    ``isel`` returns (a view of the source data, with its coords and attrs).
+    """
+
+    def __init__(self, obj: xr.DataArray, grid: PatchGrid) -> None:
+        self.obj = obj
+        self.data = obj.variable._data
+        self.dims = tuple(obj.dims)
+        self.spatial = set(grid.dims)
+        self.axis = {d: self.dims.index(d) for d in grid.dims}
+        self.fixed: dict[Hashable, Any] = {}
+        self.along: dict[Hashable, list[Hashable]] = {d: [] for d in grid.dims}
+        self.multi: list[Hashable] = []
+        for name, coord in obj.coords.items():
+            cdims = set(coord.dims) & self.spatial
+            if not cdims:
+                self.fixed[name] = coord.variable
+            elif len(coord.dims) == 1:
+                self.along[coord.dims[0]].append(name)
+            else:
+                self.multi.append(name)
+        self.fixed_indexes = {k: v for k, v in obj.xindexes.items() if k in self.fixed}
+        self.cache: dict[
+            tuple[Hashable, int, int], tuple[dict[Hashable, Any], dict[Hashable, Any]]
+        ] = {}
+
+    @classmethod
+    def make(cls, obj: Any, grid: PatchGrid) -> _FastCutter | None:
+        from xarray.core.indexes import PandasIndex
+
+        if not isinstance(obj, xr.DataArray) or type(obj.variable._data) not in (
+            np.ndarray,
+            np.memmap,
+        ):
+            return None
+        for name, index in obj.xindexes.items():
+            coord_dims = obj[name].dims
+            if set(coord_dims) & set(grid.dims) and (
+                type(index) is not PandasIndex or len(coord_dims) != 1
+            ):
+                return None
+        for coord in obj.coords.values():
+            if set(coord.dims) & set(grid.dims) and not isinstance(
+                coord.variable._data, (np.ndarray, xr.core.indexing.PandasIndexingAdapter)
+            ):
+                return None
+        return cls(obj, grid)
+
+    def _axis_coords(
+        self, dim: Hashable, s: slice
+    ) -> tuple[dict[Hashable, Any], dict[Hashable, Any]]:
+        key = (dim, s.start, s.stop)
+        hit = self.cache.get(key)
+        if hit is None:
+            coords = {name: self.obj.coords[name].variable[s] for name in self.along[dim]}
+            indexes = {
+                name: idx.isel({dim: s})
+                for name, idx in self.obj.xindexes.items()
+                if name in coords
+            }
+            hit = (coords, indexes)
+            if len(self.cache) > 4096:
+                self.cache.clear()
+            self.cache[key] = hit
+        return hit
+
+    def __call__(self, window: Window) -> xr.DataArray:
+        key = [slice(None)] * len(self.dims)
+        coords = dict(self.fixed)
+        indexes = dict(self.fixed_indexes)
+        for d, s in zip(window.dims, window.slices):
+            key[self.axis[d]] = s
+            c, i = self._axis_coords(d, s)
+            coords.update(c)
+            indexes.update(i)
+        if self.multi:
+            sel = dict(zip(window.dims, window.slices))
+            for name in self.multi:
+                var = self.obj.coords[name].variable
+                coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
+        variable = xr.Variable(
+            self.dims, self.data[tuple(key)], attrs=dict(self.obj.attrs), fastpath=True
+        )
+        return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
 
 
 def stack(patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable) -> Any:

@@ -19,6 +19,21 @@ from xpatch.errors import ResultError
 THIS = "<this-array>"  # key of a DataArray result in the mapping of variables
 
 
+class What:
+    """A description of a result for error messages, formatted only when needed."""
+
+    __slots__ = ("prefix", "window")
+
+    def __init__(self, window: Any, prefix: str = "the result for") -> None:
+        self.window, self.prefix = window, prefix
+
+    def __str__(self) -> str:
+        return f"{self.prefix} {self.window!r}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def to_numpy(data: Any) -> np.ndarray:
     """Any array-like (numpy, dask, torch tensor on any device) as a numpy array."""
     if isinstance(data, np.ndarray):
@@ -48,7 +63,7 @@ def split(
     spatial: Sequence[Hashable],
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
-    what: str,
+    what: Any,
 ) -> tuple[dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]], Meta]:
     """Split a result into named (dims, ndarray) pairs and its metadata.
 
@@ -130,7 +145,7 @@ def assemble(
 def spatial_check(
     variables: Mapping[Hashable, tuple[tuple[Hashable, ...], np.ndarray]],
     expected: Mapping[Hashable, int],
-    what: str,
+    what: Any,
 ) -> None:
     """Every variable must hold every spatial dim with the expected size."""
     for name, (dims, data) in variables.items():
@@ -145,6 +160,8 @@ def spatial_check(
             )
         shape = dict(zip(dims, data.shape))
         wrong = {d: shape[d] for d in expected if shape[d] != expected[d]}
+        if not wrong:
+            continue
         if wrong:
             raise ResultError(
                 f"{what}{label} has spatial sizes {wrong}, expected"

@@ -62,7 +62,7 @@ class PatchAccessor:
     >>> da = xr.DataArray(np.ones((3, 100, 80)), dims=("band", "y", "x"))
     >>> grid = da.patch.grid(y=32, x=32, step=16)
     >>> grid.shape
-    {'y': 6, 'x': 5}
+    {'y': 6, 'x': 4}
     >>> out = da.patch.apply(lambda p: p * 2, y=32, x=32, step=16)
     >>> float(out.max())
     2.0

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._structure import Meta, assemble, spatial_check, split
+from xpatch._structure import Meta, What, assemble, spatial_check, split
 from xpatch._validate import is_int, positive_int
 from xpatch.errors import AggregationError, DimensionError, GridError, IncompleteError
 from xpatch.grid import PatchGrid, Window
@@ -176,7 +176,7 @@ class Aggregator:
     >>> da = xr.DataArray(np.arange(12.0).reshape(3, 4), dims=("y", "x"))
     >>> agg = da.patch.aggregator(y=3, x=2, step=1, weights="mean")
     >>> for window, patch in zip(agg.grid, da.patch.sample(y=3, x=2, step=1)):
-    ...     agg.add(patch * 10)
+    ...     agg.add(patch * 10, window)
     >>> agg.result().values
     array([[  0.,  10.,  20.,  30.],
            [ 40.,  50.,  60.,  70.],
@@ -222,6 +222,7 @@ class Aggregator:
         self._added = np.zeros(len(grid), dtype=bool)
         self._n_added = 0
         self._spec: dict[Hashable, tuple[tuple[Hashable, ...], dict[Hashable, int], np.dtype]] = {}
+        self._axes_of: dict[Hashable, list[int]] = {}
         self._meta: Meta | None = None
         self._out_meta: Meta | None = None
         self._buffers: dict[tuple[int, ...], dict[Hashable, np.ndarray]] = {}
@@ -232,6 +233,8 @@ class Aggregator:
     def _plan_weights(self) -> None:
         """Per-axis kernels normalised by their per-axis sums (separable normalisation)."""
         self._factors: list[list[np.ndarray]] = []
+        self._factor_ids: list[list[int]] = []
+        self._weight_cache: dict[Any, np.ndarray] = {}
         self._covered: list[np.ndarray] = []
         separable = isinstance(self.kernel, Kernel)
         for ax in self.grid.axes:
@@ -242,11 +245,17 @@ class Aggregator:
                 denom[s + before : s + before + len(f)] += f
             self._covered.append(denom[before : before + ax.length] > 0)
             if separable:
-                self._factors.append(
-                    [f / denom[s + before : s + before + len(f)] for s, f in zip(ax.starts, raw)]
-                )
+                factors = [
+                    f / denom[s + before : s + before + len(f)] for s, f in zip(ax.starts, raw)
+                ]
             else:
-                self._factors.append(raw)
+                factors = raw
+            self._factors.append(factors)
+            ids: list[int] = []
+            seen: dict[bytes, int] = {}
+            for f in factors:
+                ids.append(seen.setdefault(f.tobytes(), len(seen)))
+            self._factor_ids.append(ids)
 
     def _plan_chunks(self) -> None:
         """Per-axis chunk edges, the chunks each patch touches, and patches per chunk."""
@@ -268,6 +277,12 @@ class Aggregator:
         for cnt in counts:
             outstanding = np.multiply.outer(outstanding, cnt)
         self._outstanding = outstanding
+        # plain-int copies for the per-patch hot path
+        self._starts_l = [ax.starts.tolist() for ax in self.grid.axes]
+        self._sizes_l = [ax.sizes.tolist() for ax in self.grid.axes]
+        self._edges_l = [e.tolist() for e in self._edges]
+        self._lo_l = [lo.tolist() for lo, _ in self._chunk_ranges]
+        self._hi_l = [hi.tolist() for _, hi in self._chunk_ranges]
 
     def chunk_order(self) -> np.ndarray:
         """Window indices ordered so that chunks finish as early as possible.
@@ -317,7 +332,7 @@ class Aggregator:
             spatial=self.dims,
             default_dims=self._default_dims,
             output_dims=self.output_dims,
-            what=f"the result for {window!r}",
+            what=What(window),
         )
         self.add_variables(window, variables, meta)
 
@@ -325,7 +340,7 @@ class Aggregator:
         """Add a result already split into named (dims, ndarray) pairs (internal)."""
         if self._added[window.index]:
             raise AggregationError(f"{window!r} was already added; each window is added once")
-        what = f"the result for {window!r}"
+        what = What(window)
         spatial_check(variables, dict(zip(self.dims, window.shape)), what)
         self._check_spec(variables, meta, what)
         self._accumulate(window, variables)
@@ -363,6 +378,8 @@ class Aggregator:
     def _check_window(self, window: Any) -> Window:
         if not isinstance(window, Window):
             raise TypeError(f"window must be a Window from the grid, got {type(window).__name__}")
+        if self.grid.owns(window):
+            return window
         if not 0 <= window.index < len(self.grid) or self.grid[window.index] != window:
             raise AggregationError(f"{window!r} is not a window of this grid")
         return self.grid[window.index]
@@ -402,7 +419,7 @@ class Aggregator:
 
     def check_variables(self, window: Window, variables: Variables) -> None:
         """Check one result against the layout fixed by earlier results."""
-        what = f"the result for {window!r}"
+        what = What(window)
         spatial_check(variables, dict(zip(self.dims, window.shape)), what)
         assert self._meta is not None
         self._check_spec(variables, self._meta, what)
@@ -421,12 +438,13 @@ class Aggregator:
             ranges.append(range(int(first[0]), int(last[0])))
         return [self.grid[self.grid.index_of(p)] for p in itertools.product(*ranges)]
 
-    def _check_spec(self, variables: Variables, meta: Meta, what: str) -> None:
+    def _check_spec(self, variables: Variables, meta: Meta, what: Any) -> None:
         if self._meta is None:
             self._meta = meta
             for name, (dims, data) in variables.items():
                 other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
                 self._spec[name] = (dims, other, data.dtype)
+                self._axes_of[name] = [dims.index(d) for d in self.dims]
             return
         if set(variables) != set(self._spec):
             raise AggregationError(
@@ -434,6 +452,11 @@ class Aggregator:
                 f" {sorted(map(str, self._spec))}"
             )
         for name, (dims, data) in variables.items():
+            spec_dims, spec_other, _ = self._spec[name]
+            if dims == spec_dims and all(
+                data.shape[k] == spec_other[d] for k, d in enumerate(dims) if d in spec_other
+            ):
+                continue
             other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
             if set(dims) != set(self._spec[name][0]) or other != self._spec[name][1]:
                 raise AggregationError(
@@ -442,9 +465,7 @@ class Aggregator:
                 )
 
     def _touched(self, position: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
-        ranges = [
-            range(int(lo[p]), int(hi[p])) for (lo, hi), p in zip(self._chunk_ranges, position)
-        ]
+        ranges = [range(lo[p], hi[p]) for lo, hi, p in zip(self._lo_l, self._hi_l, position)]
         return itertools.product(*ranges)
 
     def _accumulate(
@@ -452,17 +473,24 @@ class Aggregator:
     ) -> None:
         custom = isinstance(self.kernel, CustomWeights)
         full_w = self.kernel(dict(zip(self.dims, window.shape))) if custom else None
-        for cpos in self._touched(window.position) if only is None else [only]:
+        position = window.position
+        for cpos in self._touched(position) if only is None else [only]:
             if self._finished[cpos]:
                 continue
-            src, dst, facs = [], [], []
-            for i, (ax, p, c) in enumerate(zip(self.grid.axes, window.position, cpos)):
-                s = int(ax.starts[p])
-                e0, e1 = int(self._edges[i][c]), int(self._edges[i][c + 1])
-                a, b = max(s, e0), min(s + int(ax.sizes[p]), e1)
+            src, dst, cut = [], [], []
+            for starts, sizes, edges, p, c in zip(
+                self._starts_l, self._sizes_l, self._edges_l, position, cpos
+            ):
+                s = starts[p]
+                e0 = edges[c]
+                a = s if s > e0 else e0
+                b = s + sizes[p]
+                e1 = edges[c + 1]
+                if e1 < b:
+                    b = e1
                 src.append(slice(a - s, b - s))
                 dst.append(slice(a - e0, b - e0))
-                facs.append(self._factors[i][p][a - s : b - s])
+                cut.append((p, a - s, b - s))
             buffers = self._buffers.get(cpos)
             if buffers is None:
                 buffers = self._buffers[cpos] = self._new_buffers(cpos)
@@ -479,15 +507,37 @@ class Aggregator:
                     data = np.moveaxis(
                         data, [dims.index(d) for d in out_dims], range(len(out_dims))
                     )
-                axes = [out_dims.index(d) for d in self.dims]
+                axes = self._axes_of[name]
                 if custom:
                     w = _place(w_sp, axes, buf.ndim).astype(buf.dtype, copy=False)
                 else:
-                    w = _outer(facs, axes, buf.ndim, buf.dtype)
-                sl_src = _index(out_dims, self.dims, src)
-                sl_dst = _index(out_dims, self.dims, dst)
-                target = buf[sl_dst]
-                target += data[sl_src] * w
+                    w = self._weight(cut, axes, buf.ndim, buf.dtype)
+                sl_src = [slice(None)] * buf.ndim
+                sl_dst = [slice(None)] * buf.ndim
+                for k, ax in enumerate(axes):
+                    sl_src[ax] = src[k]
+                    sl_dst[ax] = dst[k]
+                target = buf[tuple(sl_dst)]
+                target += data[tuple(sl_src)] * w
+
+    def _weight(
+        self, cut: Sequence[tuple[int, int, int]], axes: Sequence[int], ndim: int, dtype: np.dtype
+    ) -> np.ndarray:
+        """The final weight of a patch's part, as a product of normalised 1-D factors (cached)."""
+        key = (
+            tuple((self._factor_ids[i][p], lo, hi) for i, (p, lo, hi) in enumerate(cut)),
+            tuple(axes),
+            ndim,
+            dtype,
+        )
+        w = self._weight_cache.get(key)
+        if w is None:
+            facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
+            w = _outer(facs, axes, ndim, dtype)
+            if len(self._weight_cache) >= 64:
+                self._weight_cache.clear()
+            self._weight_cache[key] = w
+        return w
 
     def _chunk_shape(self, cpos: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(e[c + 1] - e[c]) for e, c in zip(self._edges, cpos))
@@ -511,6 +561,7 @@ class Aggregator:
         twin._finished = np.zeros(self._outstanding.shape, dtype=bool)
         twin._added = self._added.copy()
         twin._sink = _Capture()
+        twin._weight_cache = {}
         return twin
 
     def finish_block(

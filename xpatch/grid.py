@@ -266,6 +266,18 @@ class PatchGrid(Sequence[Window]):
         slices = tuple(s[p] for s, p in zip(self._slices, position))
         return Window(self.dims, slices, index, position)
 
+    def owns(self, window: Window) -> bool:
+        """True if ``window`` is this grid's window at its index (a fast check)."""
+        position = window.position
+        if len(position) != len(self._counts) or window.dims != self.dims:
+            return False
+        try:
+            if self.index_of(position) != window.index:
+                return False
+            return all(s[p] == w for s, p, w in zip(self._slices, position, window.slices))
+        except (ValueError, IndexError):
+            return False
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PatchGrid):
             return NotImplemented
@@ -302,14 +314,19 @@ class PatchGrid(Sequence[Window]):
 
         Examples
         --------
-        >>> PatchGrid({"x": 10}, {"x": 4}, step=3, border="crop").coverage()["x"]
-        array([1, 1, 1, 2, 1, 1, 2, 1, 1, 0])
+        >>> PatchGrid({"x": 11}, {"x": 4}, step=3, border="crop").coverage()["x"]
+        array([1, 1, 1, 2, 1, 1, 2, 1, 1, 1, 0])
         """
         return {ax.dim: ax.coverage() for ax in self.axes}
 
     def index_of(self, position: Sequence[int]) -> int:
         """Flat index of the window at per-axis grid ``position``."""
-        return int(np.ravel_multi_index(tuple(position), self._counts))
+        index = 0
+        for p, n in zip(position, self._counts):
+            if not 0 <= p < n:
+                raise IndexError(f"grid position {tuple(position)} out of range {self._counts}")
+            index = index * n + int(p)
+        return index
 
     def locate(self, starts: Mapping[Hashable, int]) -> Window | None:
         """The window whose slices start at ``starts`` (one int per dim), or None."""

@@ -353,4 +353,3 @@ def _nested_keys(name: str, ranges: Sequence[range]) -> Any:
         return [build((*prefix, b), rest[1:]) for b in rest[0]]
 
     return build((), ranges)
-
