@@ -180,7 +180,7 @@ class Aggregator:
     >>> agg.result().values
     array([[  0.,  10.,  20.,  30.],
            [ 40.,  50.,  60.,  70.],
-           [ 80.,  90., 100., 110.]], dtype=float32)
+           [ 80.,  90., 100., 110.]])
     """
 
     def __init__(
