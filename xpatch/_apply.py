@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._sampling import Sampler, stack
+from xpatch._sampling import Sampler
 from xpatch._structure import THIS, Meta, split
 from xpatch._validate import positive_int
 from xpatch.aggregate import Aggregator
@@ -107,7 +107,7 @@ def run(
         default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
         for group in batches((grid[int(i)] for i in order), batch_size):
             where = f"the batch of {len(group)} windows from {group[0]!r} to {group[-1]!r}"
-            batch = stack([sampler(w) for w in group], group, batch_dim)
+            batch = sampler.batch(group, batch_dim)
             result = _call(func, batch, where)
             for window, (variables, meta) in zip(
                 group, unbatch(result, len(group), batch_dim, default, output_dims, where)
@@ -150,7 +150,8 @@ def unbatch(
         one = {}
         for name, (dims, data) in variables.items():
             axis = dims.index(batch_dim)
-            one[name] = (dims[:axis] + dims[axis + 1 :], np.take(data, i, axis=axis))
+            index = (slice(None),) * axis + (i,)
+            one[name] = (dims[:axis] + dims[axis + 1 :], data[index])
         yield one, meta
 
 

@@ -79,6 +79,26 @@ class Sampler:
         self._constant = grid.pad_mode == "constant"
         self._fast = _FastCutter.make(obj, grid)
 
+    def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> Any:
+        """The patches of ``windows`` stacked along ``batch_dim`` (see :func:`stack`)."""
+        fast = self._fast
+        if fast is not None and all(
+            s.start >= 0 and s.stop <= self.lengths[d]
+            for w in windows
+            for d, s in zip(w.dims, w.slices)
+        ):
+            data = np.stack([fast.data[fast.key(w)] for w in windows])
+            coords = dict(fast.fixed)
+            coords[batch_dim] = xr.Variable((batch_dim,), np.array([w.index for w in windows]))
+            return xr.DataArray(
+                data,
+                dims=(batch_dim, *fast.dims),
+                coords=coords,
+                name=self.obj.name,
+                attrs=dict(self.obj.attrs),
+            )
+        return stack([self(w) for w in windows], windows, batch_dim)
+
     def plan(
         self, window: Window
     ) -> tuple[dict[Hashable, Any], list[tuple[Hashable, np.ndarray]], dict[Hashable, Any]]:
@@ -192,6 +212,13 @@ class _FastCutter:
                 self.cache.clear()
             self.cache[key] = hit
         return hit
+
+    def key(self, window: Window) -> tuple[slice, ...]:
+        """Numpy index of the window's patch in the source data."""
+        key = [slice(None)] * len(self.dims)
+        for d, s in zip(window.dims, window.slices):
+            key[self.axis[d]] = s
+        return tuple(key)
 
     def __call__(self, window: Window) -> xr.DataArray:
         key = [slice(None)] * len(self.dims)
