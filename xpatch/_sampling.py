@@ -78,6 +78,10 @@ class Sampler:
                     self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
         self._constant = grid.pad_mode == "constant"
         self._fast = _FastCutter.make(obj, grid)
+        variables = [obj.variable] if isinstance(obj, xr.DataArray) else obj.data_vars.values()
+        self._lazy_file = any(
+            v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables
+        )
 
     def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> Any:
         """The patches of ``windows`` stacked along ``batch_dim`` (see :func:`stack`)."""
@@ -132,7 +136,10 @@ class Sampler:
                 return self._fast(window)
             return self.obj.isel(dict(zip(window.dims, window.slices)))
         indexers, masks, coords = self.plan(window)
-        patch = self.obj.isel(indexers)
+        if self._lazy_file:
+            patch = _read_runs(self.obj, indexers)
+        else:
+            patch = self.obj.isel(indexers)
         if masks:
             mask = None
             for d, valid in masks:
@@ -238,6 +245,41 @@ class _FastCutter:
             self.dims, self.data[tuple(key)], attrs=dict(self.obj.attrs), fastpath=True
         )
         return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
+
+
+def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:
+    """Cut a padded patch from a lazily indexed file source with slice reads only.
+
+    An index map of the pad border (wrap, reflect, ...) may jump across the
+    array; a backend that only reads slices would then read everything in
+    between. Here the distinct indices along each dim are split into contiguous
+    runs, each combination of runs is read as one slice, and the patch is
+    gathered from those pieces in memory: at most the patch's elements are read.
+    """
+    runs: dict[Hashable, list[slice]] = {}
+    local: dict[Hashable, Any] = {}
+    for d, ix in indexers.items():
+        if isinstance(ix, slice):
+            runs[d] = [ix]
+            continue
+        uniq = np.unique(ix)
+        breaks = np.flatnonzero(np.diff(uniq) > 1) + 1
+        runs[d] = [slice(int(r[0]), int(r[-1]) + 1) for r in np.split(uniq, breaks)]
+        local[d] = np.searchsorted(uniq, ix)
+
+    def read(prefix: dict[Hashable, slice], rest: list[Hashable]) -> Any:
+        if not rest:
+            return obj.isel(prefix).load()
+        d, others = rest[0], rest[1:]
+        parts = [read({**prefix, d: r}, others) for r in runs[d]]
+        return (
+            parts[0]
+            if len(parts) == 1
+            else xr.concat(parts, dim=d, coords="minimal", compat="override", join="override")
+        )
+
+    compact = read({}, list(runs))
+    return compact.isel(local) if local else compact
 
 
 def stack(patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable) -> Any:

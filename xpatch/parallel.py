@@ -34,10 +34,9 @@ from xpatch.grid import PatchGrid, Window
 
 def is_dask_backed(obj: xr.DataArray | xr.Dataset) -> bool:
     """True if any data variable of ``obj`` is a dask array."""
-    import dask.array as dsa
-
     variables = [obj.variable] if isinstance(obj, xr.DataArray) else obj.data_vars.values()
-    return any(isinstance(v.data, dsa.Array) for v in variables)
+    # ``Variable.chunks`` looks at the wrapped array without loading a lazy one
+    return any(v.chunks is not None for v in variables)
 
 
 def default_chunks(
