@@ -82,7 +82,7 @@ def grid_geometry(
     min_dims: int = 1,
     max_dims: int = 4,
     max_length: int = 60,
-    max_elements: int = 4096,
+    max_elements: int = 1024,
     dims: Sequence[Hashable] = DIM_NAMES,
     pad_mode: bool = False,
 ) -> GridGeometry:
@@ -105,7 +105,7 @@ def grid_geometry(
         border = draw(border)
     ndim = draw(st.integers(min_dims, min(max_dims, len(dims))))
     names = draw(st.permutations(list(dims)))[:ndim]
-    cap = max(1, min(max_length, int(round(max_elements ** (1 / ndim)))))
+    cap = max(1, min(max_length, round(max_elements ** (1 / ndim))))
     axes = {d: draw(axis_geometry(border, cap)) for d in names}
     shape = {d: axes[d][0] for d in names}
     order = draw(st.permutations(names))

@@ -6,6 +6,7 @@ This file imports no xarray: the grid is numpy-only by contract.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import itertools
 import math
 import re
@@ -20,7 +21,6 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-
 from strategies import (
     BORDERS,
     PAD_MODES,
@@ -30,10 +30,11 @@ from strategies import (
     grid_geometry,
     reference_starts,
 )
+
 from xpatch.errors import DimensionError, GridError, PatchError
 from xpatch.grid import PatchGrid, Window, axis_starts
 
-PACKAGE_DIR = Path(axis_starts.__code__.co_filename).parent
+PACKAGE_DIR = Path(importlib.util.find_spec("xpatch").submodule_search_locations[0])
 FORBIDDEN = {"xarray", "dask", "scipy", "pandas", "zarr", "torch"}
 
 
@@ -152,7 +153,8 @@ def test_grid_module_loads_without_xarray():
         pkg.__path__ = [{str(PACKAGE_DIR)!r}]
         sys.modules["xpatch"] = pkg
         import xpatch.grid
-        grid = xpatch.grid.PatchGrid({{"y": 100, "x": 7}}, {{"y": 30, "x": 7}}, step={{"y": 20, "x": 7}})
+        shape, size, step = {{"y": 100, "x": 7}}, {{"y": 30, "x": 7}}, {{"y": 20, "x": 7}}
+        grid = xpatch.grid.PatchGrid(shape, size, step=step)
         assert grid.starts["y"].tolist() == [0, 18, 36, 54, 70], grid.starts
         bad = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(FORBIDDEN)!r})
         assert not bad, bad
@@ -249,6 +251,17 @@ def test_axis_starts_match_design_formulas(border, data):
 def test_same_windows_as_patchly(border, data):
     geom = data.draw(grid_geometry(border=border))
     assert boxes(geom.grid()) == patchly_boxes(geom, border)
+
+
+@pytest.mark.parametrize("border", ["squeeze", "edge", "crop", "adaptive"])
+@given(data=st.data())
+def test_long_axis_matches_patchly(border, data):
+    length, size, step = data.draw(axis_geometry(border, max_length=400))
+    geom = GridGeometry({"x": length}, {"x": size}, {"x": step}, border)
+    reference = patchly_boxes(geom, border)
+    if border == "adaptive":
+        reference = [b for b, drop in zip(reference, strictly_contained(reference)) if not drop]
+    assert boxes(geom.grid()) == reference
 
 
 @given(geom=grid_geometry(border="adaptive"))
@@ -512,9 +525,12 @@ def test_bad_step(value, shown):
         PatchGrid(SHAPE, {"lat": 4, "lon": 4}, step=value)
 
 
-def test_step_larger_than_size():
-    with pytest.raises(GridError, match=names("step", "lon", 5, 3)):
-        PatchGrid(SHAPE, {"lat": 4, "lon": 3}, step={"lat": 2, "lon": 5})
+@pytest.mark.parametrize(("size", "step"), [(3, 5), (3, 4), (1, 2), (12, 13)])
+def test_step_larger_than_size(size, step):
+    with pytest.raises(GridError, match=names("step", "lon", step, size)):
+        PatchGrid(SHAPE, {"lat": 4, "lon": size}, step={"lat": 2, "lon": step})
+    with pytest.raises(GridError, match=names("step", "lon", step, size)):
+        PatchGrid(SHAPE, {"lat": 4, "lon": size}, step={"lat": 2, "lon": step}, border="pad")
 
 
 @pytest.mark.parametrize("border", ["squeeze", "edge", "adaptive", "crop"])

@@ -72,7 +72,11 @@ class _Gaussian(Kernel):
     name = "gaussian"
 
     def __init__(self, sigma: float = 0.125) -> None:
-        if not (isinstance(sigma, (int, float, np.floating)) and np.isfinite(sigma) and sigma > 0):
+        if isinstance(sigma, bool) or not (
+            isinstance(sigma, (int, float, np.integer, np.floating))
+            and np.isfinite(sigma)
+            and sigma > 0
+        ):
             raise WeightsError(f"gaussian: sigma must be a positive finite number, got {sigma!r}")
         self.sigma = float(sigma)
 
