@@ -78,7 +78,11 @@ class Sampler:
                     self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
         self._constant = grid.pad_mode == "constant"
         self._fast = _FastCutter.make(obj, grid)
-        variables = [obj.variable] if isinstance(obj, xr.DataArray) else obj.data_vars.values()
+        variables = (
+            [obj.variable]
+            if isinstance(obj, xr.DataArray)
+            else [obj.variables[k] for k in obj.data_vars]
+        )
         self._lazy_file = any(
             v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables
         )

@@ -21,7 +21,13 @@ import xarray as xr
 
 from xpatch._structure import Meta, What, assemble, spatial_check, split
 from xpatch._validate import is_int, positive_int
-from xpatch.errors import AggregationError, DimensionError, GridError, IncompleteError
+from xpatch.errors import (
+    AggregationError,
+    DimensionError,
+    GridError,
+    IncompleteError,
+    ResultError,
+)
 from xpatch.grid import PatchGrid, Window
 from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
 
@@ -447,7 +453,7 @@ class Aggregator:
                 self._axes_of[name] = [dims.index(d) for d in self.dims]
             return
         if set(variables) != set(self._spec):
-            raise AggregationError(
+            raise ResultError(
                 f"{what} has variables {sorted(map(str, variables))}, earlier results had"
                 f" {sorted(map(str, self._spec))}"
             )
@@ -459,7 +465,7 @@ class Aggregator:
                 continue
             other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
             if set(dims) != set(self._spec[name][0]) or other != self._spec[name][1]:
-                raise AggregationError(
+                raise ResultError(
                     f"{what} has dims {dict(zip(dims, data.shape))}; earlier results had"
                     f" non-spatial dims {self._spec[name][1]}"
                 )
@@ -498,7 +504,8 @@ class Aggregator:
                 assert full_w is not None
                 w_sp = full_w[tuple(src)]
                 if cpos not in self._wmaps:
-                    self._wmaps[cpos] = np.zeros(self._chunk_shape(cpos))
+                    dtype = accumulation_dtype(next(iter(self._spec.values()))[2])
+                    self._wmaps[cpos] = np.zeros(self._chunk_shape(cpos), dtype=dtype)
                 self._wmaps[cpos][tuple(dst)] += w_sp
             for name, (dims, data) in variables.items():
                 buf = buffers[name]
@@ -579,7 +586,11 @@ class Aggregator:
         """Normalise, fill, post-process and write one chunk, then free it."""
         if self._finished[cpos]:
             return
-        buffers = self._buffers.pop(cpos, None) or self._new_buffers(cpos)
+        if partial:  # a preview: leave the chunk open for windows added later
+            held = self._buffers.get(cpos)
+            buffers = {k: v.copy() for k, v in held.items()} if held else self._new_buffers(cpos)
+        else:
+            buffers = self._buffers.pop(cpos, None) or self._new_buffers(cpos)
         region = self._chunk_region(cpos)
         uncovered = self._normalise(cpos, buffers, partial)
         variables: Variables = {}
@@ -591,7 +602,12 @@ class Aggregator:
         assert self._meta is not None
         meta = self._meta
         if self.on_chunk is not None:
-            chunk = assemble(variables, meta, self._template.isel(region), default_name=self._name)
+            chunk = assemble(
+                variables,
+                meta,
+                self._template.isel(region, missing_dims="ignore"),
+                default_name=self._name,
+            )
             try:
                 processed = self.on_chunk(chunk)
             except Exception as err:
@@ -619,6 +635,8 @@ class Aggregator:
                 _fill(data, uncovered, dims, self.dims, fill)
         self._out_meta = meta
         self._sink.write(region, variables, meta)
+        if partial:
+            return
         self._finished[cpos] = True
         self._wmaps.pop(cpos, None)
         if hasattr(self._sink, "record"):
@@ -633,14 +651,14 @@ class Aggregator:
         if custom or partial:
             wsum = self._wmaps.get(cpos) if custom else self._added_weight_sum(cpos)
             if wsum is None:
-                wsum = np.zeros(self._chunk_shape(cpos))
+                wsum = np.zeros(self._chunk_shape(cpos), dtype=np.float32)
+            elif partial and custom:
+                wsum = wsum.copy()
             covered = wsum > 0
-            inv = np.zeros_like(wsum)
-            np.divide(1.0, wsum, out=inv, where=covered)
+            np.divide(1.0, wsum, out=wsum, where=covered)  # in place: the map is done with
             for name, buf in buffers.items():
-                dims = self._spec[name][0]
-                axes = [dims.index(d) for d in self.dims]
-                buf *= _place(inv, axes, buf.ndim).astype(buf.dtype, copy=False)
+                axes = self._axes_of[name]
+                buf *= _place(wsum, axes, buf.ndim).astype(buf.dtype, copy=False)
             return None if covered.all() else ~covered
         cov = [c[s] for c, s in zip(self._covered, region.values())]
         if all(c.all() for c in cov):
@@ -697,7 +715,9 @@ class Aggregator:
             raise IncompleteError("no window was added: there is nothing to blend")
         for cpos in zip(*np.nonzero(~self._finished)):
             self._finish(tuple(int(c) for c in cpos), partial=bool(len(missing)))
-        return self._sink_result()
+        result = self._sink_result()
+        # a preview must not change when more windows are added later
+        return result.copy(deep=True) if len(missing) else result
 
     def _sink_result(self) -> xr.DataArray | xr.Dataset:
         if hasattr(self._sink, "result"):
