@@ -33,7 +33,18 @@ from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
 
 __all__ = ["Aggregator"]
 
-_DEFAULT = object()  # marks "fill_value not given"
+
+class _Default:
+    """Marks "fill_value not given"; pickles as a reference, so it stays a singleton."""
+
+    def __repr__(self) -> str:
+        return "<default>"
+
+    def __reduce__(self) -> str:
+        return "_DEFAULT"
+
+
+_DEFAULT = _Default()
 
 Variables = dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]]
 
@@ -219,6 +230,7 @@ class Aggregator:
         self.fill_value = fill_value
         self._chunk_edges = chunk_edges(chunks, grid)
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
+        self._block_template: xr.Dataset | None = None
         self._name = template.name if isinstance(template, xr.DataArray) else None
         self._default_dims = tuple(template.dims) if isinstance(template, xr.DataArray) else None
         self._start_coords = _start_coordinates(template, grid)
@@ -571,11 +583,25 @@ class Aggregator:
         twin._weight_cache = {}
         return twin
 
+    def region_template(self, cpos: tuple[int, ...]) -> xr.Dataset:
+        """The coordinates of chunk ``cpos`` (what ``on_chunk`` sees)."""
+        return self._template.isel(self._chunk_region(cpos), missing_dims="ignore")
+
+    def detach_coords(self) -> None:
+        """Drop the source's spatial coordinates (dask path: blocks get their own)."""
+        spatial = set(self.dims)
+        keep = {k: v for k, v in self._template.coords.items() if not spatial & set(v.dims)}
+        self._template = xr.Dataset(coords=keep, attrs=self._template.attrs)
+
     def finish_block(
-        self, cpos: tuple[int, ...], added: Sequence[tuple[Window, Variables]]
+        self,
+        cpos: tuple[int, ...],
+        added: Sequence[tuple[Window, Variables]],
+        template: xr.Dataset | None = None,
     ) -> Variables:
         """Blend the given results into chunk ``cpos`` only and return it (dask path)."""
         twin = self.fork()
+        twin._block_template = template
         for window, variables in added:
             twin._accumulate(window, variables, only=cpos)
         twin._finish(cpos)
@@ -602,12 +628,10 @@ class Aggregator:
         assert self._meta is not None
         meta = self._meta
         if self.on_chunk is not None:
-            chunk = assemble(
-                variables,
-                meta,
-                self._template.isel(region, missing_dims="ignore"),
-                default_name=self._name,
-            )
+            template = self._block_template
+            if template is None:
+                template = self._template.isel(region, missing_dims="ignore")
+            chunk = assemble(variables, meta, template, default_name=self._name)
             try:
                 processed = self.on_chunk(chunk)
             except Exception as err:

@@ -16,6 +16,7 @@ same graph runs on the threaded scheduler or a ``dask.distributed`` cluster.
 
 from __future__ import annotations
 
+import copy
 import operator
 import uuid
 import warnings
@@ -63,10 +64,54 @@ class _PatchSpec:
         self.__dict__.update(kw)
 
 
-def _gather(blocks: Any, local: Sequence[Any], masks: Sequence[Any]) -> np.ndarray:
-    """Concatenate the touched input blocks and cut the patch out of them."""
-    arr = np.block(blocks) if isinstance(blocks, list) else np.asarray(blocks)
-    arr = arr[tuple(ix if isinstance(ix, slice) else slice(None) for ix in local)]
+def _axis_pieces(edges: np.ndarray, ix: Any) -> tuple[list[tuple[int, slice]], Any]:
+    """The parts of input blocks one axis of a patch reads, and where the patch lies in them.
+
+    Returns ``(pieces, local)``: ``pieces`` lists ``(block, slice within block)`` in
+    order; concatenated they form a compact axis, and ``local`` indexes the patch
+    in it (``slice(None)`` for a window inside the array, integer positions for a
+    padded one). Only blocks holding needed elements appear, so a wrap-padded patch
+    reads the two ends of an axis, not everything in between.
+    """
+    if isinstance(ix, slice):
+        lo, hi = ix.start, ix.stop
+        b0 = int(np.searchsorted(edges, lo, side="right") - 1)
+        b1 = int(np.searchsorted(edges, hi, side="left"))
+        pieces = []
+        for b in range(b0, b1):
+            e0, e1 = int(edges[b]), int(edges[b + 1])
+            pieces.append((b, slice(max(lo, e0) - e0, min(hi, e1) - e0)))
+        return pieces, slice(None)
+    uniq = np.unique(ix)
+    blocks = np.searchsorted(edges, uniq, side="right") - 1
+    pieces, starts, offsets = [], {}, {}
+    offset = 0
+    for b in np.unique(blocks):
+        sel = uniq[blocks == b]
+        a, z = int(sel.min()), int(sel.max()) + 1
+        e0 = int(edges[b])
+        pieces.append((int(b), slice(a - e0, z - e0)))
+        starts[int(b)], offsets[int(b)] = a, offset
+        offset += z - a
+    of_ix = np.searchsorted(edges, ix, side="right") - 1
+    local = np.array(
+        [offsets[int(b)] + int(i) - starts[int(b)] for b, i in zip(of_ix, ix)], dtype=np.intp
+    )
+    return pieces, local
+
+
+def _trim(nested: Any, cuts: Sequence[Sequence[slice]], position: tuple[int, ...] = ()) -> Any:
+    """Slice every block of a nested list to the part the patch needs."""
+    if len(position) == len(cuts):
+        return np.asarray(nested)[tuple(c[p] for c, p in zip(cuts, position))]
+    return [_trim(sub, cuts, (*position, j)) for j, sub in enumerate(nested)]
+
+
+def _gather(
+    blocks: Any, cuts: Sequence[Sequence[slice]], local: Sequence[Any], masks: Sequence[Any]
+) -> np.ndarray:
+    """Concatenate the needed parts of the input blocks and cut the patch from them."""
+    arr = np.block(_trim(blocks, cuts)) if cuts else np.asarray(blocks)
     for axis, ix in enumerate(local):
         if not isinstance(ix, slice):
             arr = np.take(arr, ix, axis=axis)
@@ -96,7 +141,7 @@ def _patch_task(func: Callable[[Any], Any], spec: _PatchSpec, *blocks: Any) -> l
     patches = []
     for i in range(len(spec.windows)):
         data = [
-            _gather(blocks[i * n_vars + k], spec.local[i][k], spec.masks[i][k])
+            _gather(blocks[i * n_vars + k], spec.cuts[i][k], spec.local[i][k], spec.masks[i][k])
             for k in range(n_vars)
         ]
         patches.append(_build_patch(spec, i, data))
@@ -136,6 +181,7 @@ def _patch_task(func: Callable[[Any], Any], spec: _PatchSpec, *blocks: Any) -> l
 def _block_task(
     agg: Aggregator,
     cpos: tuple[int, ...],
+    template: xr.Dataset | None,
     windows: Sequence[Window],
     where: Sequence[tuple[int, int]],
     order: Mapping[Hashable, tuple[Hashable, ...]],
@@ -145,7 +191,7 @@ def _block_task(
     added = [(w, task_results[t][j]) for w, (t, j) in zip(windows, where)]
     for window, variables in added:
         agg.check_variables(window, variables)
-    out = agg.finish_block(cpos, added)
+    out = agg.finish_block(cpos, added, template)
     blocks = {}
     for name, (dims, data) in out.items():
         target = order[name]
@@ -172,17 +218,14 @@ def apply_lazy(
     from dask.highlevelgraph import HighLevelGraph
 
     batch_size, agg_dims = check_apply_args(obj, func, batch_size, batch_dim, output_dims)
-    if isinstance(obj, xr.Dataset):
-        obj = (
-            obj.chunk({})
-            if not all(isinstance(v.data, dsa.Array) for v in obj.data_vars.values())
-            else obj
-        )
+    out_chunks = chunks if chunks is not None else default_chunks(obj, grid)
+    if isinstance(obj, xr.Dataset) and any(v.chunks is None for v in obj.data_vars.values()):
+        obj = obj.chunk({})
     agg = Aggregator(
         obj,
         grid,
         weights=weights,
-        chunks=chunks if chunks is not None else default_chunks(obj, grid),
+        chunks=out_chunks,
         on_chunk=on_chunk,
         fill_value=fill_value,
         output_dims=agg_dims,
@@ -210,63 +253,75 @@ def apply_lazy(
         "batch_dim": None if batch_size is None else batch_dim,
     }
 
-    def cut(window: Window) -> tuple[list[Any], list[Any], list[Any], dict[Hashable, Any]]:
+    def cut(
+        window: Window,
+    ) -> tuple[list[Any], list[Any], list[Any], list[Any], dict[Hashable, Any]]:
         indexers, masks, new_coords = sampler.plan(window)
         coords_ds = skeleton.isel(indexers, missing_dims="ignore")
         if new_coords:
             coords_ds = coords_ds.assign_coords(new_coords)
         coords = {k: v.variable for k, v in coords_ds.coords.items()}
-        keys, local, var_masks = [], [], []
+        keys, cuts, local, var_masks = [], [], [], []
         for v, arr in zip(variables, arrays):
-            block_ranges, loc = [], []
+            block_ids, axis_cuts, loc = [], [], []
             for axis, d in enumerate(v.dims):
                 edges = np.concatenate([[0], np.cumsum(arr.chunks[axis])])
-                ix = indexers.get(d, slice(None))
-                if isinstance(ix, slice):
-                    lo = 0 if ix.start is None else ix.start
-                    hi = edges[-1] if ix.stop is None else ix.stop
-                else:
-                    lo, hi = int(ix.min()), int(ix.max()) + 1
-                b0 = int(np.searchsorted(edges, lo, side="right") - 1)
-                b1 = int(np.searchsorted(edges, hi, side="left"))
-                off = int(edges[b0])
-                block_ranges.append(range(b0, b1))
-                loc.append(slice(lo - off, hi - off) if isinstance(ix, slice) else ix - off)
-            keys.append(_nested_keys(arr.name, block_ranges))
+                ix = indexers.get(d, slice(0, int(edges[-1])))
+                pieces, where = _axis_pieces(edges, ix)
+                block_ids.append([b for b, _ in pieces])
+                axis_cuts.append([c for _, c in pieces])
+                loc.append(where)
+            keys.append(_nested_keys(arr.name, block_ids))
+            cuts.append(axis_cuts)
             local.append(loc)
             var_masks.append([(list(v.dims).index(d), m) for d, m in masks])
-        return keys, local, var_masks, coords
+        return keys, cuts, local, var_masks, coords
 
     # Dry run: learn the output's dims, dtypes and coords from one call of func
     # on the first patch filled with zeros (so that building computes nothing).
     first = grid[0]
-    _, local0, masks0, coords0 = cut(first)
+    _, cuts0, local0, masks0, coords0 = cut(first)
     zeros = [np.zeros(first_shape(v, first), dtype=v.dtype) for v in variables]
-    dry = _PatchSpec(windows=[first], coords=[coords0], local=[local0], masks=[masks0], **base_spec)
+    dry = _PatchSpec(
+        windows=[first],
+        coords=[coords0],
+        cuts=[cuts0],
+        local=[local0],
+        masks=[masks0],
+        **base_spec,
+    )
     dry.batch_dim = None
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore")
-        patch0 = _build_patch(dry, 0, zeros)
-        if batch_size is not None:
-            result0 = func(stack([patch0], [first], batch_dim))
-            ((vars0, meta0),) = list(
-                unbatch(
-                    result0,
-                    1,
-                    batch_dim,
-                    (batch_dim, *obj.dims) if base_spec["default_dims"] else None,
-                    agg_dims,
-                    repr(first),
-                )
-            )
-        else:
-            vars0, meta0 = split(
+
+    def dry_call(patch0: Any) -> tuple[Any, Any]:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            if batch_size is not None:
+                result0 = func(stack([patch0], [first], batch_dim))
+                default = (batch_dim, *obj.dims) if base_spec["default_dims"] else None
+                ((v0, m0),) = list(unbatch(result0, 1, batch_dim, default, agg_dims, repr(first)))
+                return v0, m0
+            return split(
                 func(patch0),
                 spatial=grid.dims,
                 default_dims=base_spec["default_dims"],
                 output_dims=agg_dims,
                 what=f"the result for {first!r}",
             )
+
+    try:
+        vars0, meta0 = dry_call(_build_patch(dry, 0, zeros))
+    except Exception:
+        # func does not accept a zero patch: learn the layout from the real one
+        try:
+            vars0, meta0 = dry_call(Sampler(obj, grid)(first).compute())
+        except Exception as err:
+            err.add_note(
+                f"xpatch: raised by func on {first!r}, called once while building the dask"
+                " graph to learn the layout of its result"
+            )
+            raise
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
         agg.add_spec(first, vars0, meta0)
         dry_out = agg.fork()
         dry_out._finish(tuple(0 for _ in grid.dims))
@@ -280,17 +335,20 @@ def apply_lazy(
         if batch_size is None
         else list(batches((grid[int(i)] for i in order), batch_size))
     )
-    dsk: dict[Any, Any] = {func_key: func, agg_key: agg}
+    plan = copy.copy(agg)
+    plan.detach_coords()  # blocks receive their own region's coordinates
+    dsk: dict[Any, Any] = {func_key: func, agg_key: plan}
     location: dict[int, tuple[int, int]] = {}
     for t, group in enumerate(groups):
-        all_keys, locs, msks, crds = [], [], [], []
+        all_keys, cts, locs, msks, crds = [], [], [], [], []
         for window in group:
-            keys, local, var_masks, coords = cut(window)
+            keys, cuts, local, var_masks, coords = cut(window)
             all_keys.extend(keys)
+            cts.append(cuts)
             locs.append(local)
             msks.append(var_masks)
             crds.append(coords)
-        spec = _PatchSpec(windows=group, coords=crds, local=locs, masks=msks, **base_spec)
+        spec = _PatchSpec(windows=group, coords=crds, cuts=cts, local=locs, masks=msks, **base_spec)
         dsk[(patch_name, t)] = (_patch_task, func_key, spec, *all_keys)
         for j, window in enumerate(group):
             location[window.index] = (t, j)
@@ -307,6 +365,7 @@ def apply_lazy(
             _block_task,
             agg_key,
             cpos,
+            agg.region_template(cpos) if on_chunk is not None else None,
             windows,
             where,
             out_order,
