@@ -12,6 +12,7 @@ unfinished chunks.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
@@ -73,6 +74,7 @@ class ZarrSink:
             else (os.fspath(out) if isinstance(out, (str, os.PathLike)) else out)
         )
         self.done: np.ndarray | None = None
+        self.meta: Meta | None = None
         self.created = False
         self.kind = "dataarray"
         self.var_names: dict[Hashable, str] = {}
@@ -91,6 +93,8 @@ class ZarrSink:
         except (FileNotFoundError, KeyError, ValueError, OSError):
             return None  # nothing to resume: start afresh
         record = attrs.get(RECORD)
+        if record is None and self.array is not None:
+            return None  # an output array of the caller's, never written: start afresh
         if record is None:
             raise StoreError(
                 f"out={self.store!r} exists but holds no xpatch run record; it was not written"
@@ -144,6 +148,7 @@ class ZarrSink:
     ) -> None:
         import dask.array as dsa
 
+        self.meta = meta
         if self.array is not None:
             ((name, (dims, data)),) = variables.items()
             adims = _array_dims(self.array)
@@ -167,10 +172,11 @@ class ZarrSink:
         ds.attrs = dict(ds.attrs)
         for key in encoding:
             ds[key].encoding = {}
+        chunk_grid = [len(range(0, self.grid.lengths[d], self.chunks[d])) for d in self.grid.dims]
+        # the record goes in with the layout, so a store is never without one
+        ds.attrs[RECORD] = self._record(np.zeros(chunk_grid, dtype=bool))
         ds.to_zarr(self.store, mode="w", compute=False, encoding=encoding, consolidated=False)
         self.created = True
-        chunk_grid = [len(range(0, self.grid.lengths[d], self.chunks[d])) for d in self.grid.dims]
-        self._write_record(np.zeros(chunk_grid, dtype=bool))
 
     def write(
         self,
@@ -212,6 +218,15 @@ class ZarrSink:
         self._write_record(finished)
 
     def _write_record(self, finished: np.ndarray) -> None:
+        attrs = self.array.attrs if self.array is not None else self._group().attrs
+        attrs[RECORD] = self._record(finished)
+        if finished.all() and self.array is None:
+            # consolidated metadata lets xr.open_zarr open the finished store quietly
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # zarr 3 notes it is outside the spec
+                self.zarr.consolidate_metadata(self.store)
+
+    def _record(self, finished: np.ndarray) -> dict[str, Any]:
         value = dict(self.record_value)
         value.update(
             kind=self.kind,
@@ -222,8 +237,7 @@ class ZarrSink:
             done=np.packbits(finished.ravel()).tobytes().hex(),
             complete=bool(finished.all()),
         )
-        attrs = self.array.attrs if self.array is not None else self._group().attrs
-        attrs[RECORD] = value
+        return value
 
     def result(self) -> xr.DataArray | xr.Dataset:
         """The result, opened lazily from the store."""
@@ -231,7 +245,10 @@ class ZarrSink:
             import dask.array as dsa
 
             dims = _array_dims(self.array)
-            return xr.DataArray(dsa.from_zarr(self.array), dims=dims, name=self.name)
+            assert dims is not None
+            meta = self.meta or Meta("dataarray", from_labeled=False)
+            data = {THIS: (dims, dsa.from_zarr(self.array))}
+            return assemble(data, meta, self.template, default_name=self.name)
         ds = xr.open_zarr(self.store, consolidated=False)
         ds.attrs.pop(RECORD, None)
         if self.kind == "dataarray":
@@ -257,6 +274,22 @@ def _array_dims(array: Any) -> tuple[Hashable, ...] | None:
     return tuple(dims) if dims else None
 
 
+def _is_zarr_array(out: Any) -> bool:
+    return type(out).__module__.startswith("zarr") and type(out).__name__ == "Array"
+
+
+def _array_chunks(array: Any, grid: PatchGrid) -> dict[Hashable, int]:
+    """Aggregation chunks for an existing zarr array: its own chunks, at least a patch."""
+    dims = _array_dims(array) or ()
+    out = {}
+    for d in grid.dims:
+        if d not in dims:
+            continue  # refused with a clear message by the sink
+        c = int(array.chunks[dims.index(d)])
+        out[d] = min(grid.lengths[d], -(-grid.size[d] // c) * c)
+    return out
+
+
 def _jsonable(value: Any) -> Any:
     import json
 
@@ -279,6 +312,8 @@ def apply_to_store(
     batch_size, agg_dims = _apply.check_apply_args(
         obj, func, kwargs["batch_size"], kwargs["batch_dim"], kwargs["output_dims"]
     )
+    if kwargs["chunks"] is None and _is_zarr_array(out):
+        kwargs["chunks"] = _array_chunks(out, grid)
     chunks = chunk_sizes(kwargs["chunks"], grid)
     weights = kwargs["weights"]
     config = {
