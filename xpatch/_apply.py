@@ -58,6 +58,20 @@ def batches(windows: Iterable[Window], batch_size: int) -> Iterator[list[Window]
         yield batch
 
 
+class _BatchWhere:
+    """Describes a batch for error messages, formatted only when needed."""
+
+    def __init__(self, group: Sequence[Window]) -> None:
+        self.group = group
+
+    def __str__(self) -> str:
+        g = self.group
+        return f"the batch of {len(g)} windows from {g[0]!r} to {g[-1]!r}"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -68,7 +82,7 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="patches", unit="patch")
 
 
-def _call(func: Callable[[Any], Any], arg: Any, where: str) -> Any:
+def _call(func: Callable[[Any], Any], arg: Any, where: Any) -> Any:
     try:
         return func(arg)
     except Exception as err:
@@ -95,24 +109,27 @@ def run(
     if skip is not None:
         order = [i for i in order if not skip[i]]
     bar = _progress(len(order), progress)
+    windows: Iterable[Window] = (
+        iter(grid) if isinstance(order, range) else (grid[int(i)] for i in order)
+    )
     try:
         if batch_size is None:
-            for i in order:
-                window = grid[int(i)]
-                result = _call(func, sampler(window), repr(window))
+            for window in windows:
+                result = _call(func, sampler(window), window)
                 agg.add(result, window)
                 if bar is not None:
                     bar.update(1)
             return agg
         default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
-        for group in batches((grid[int(i)] for i in order), batch_size):
-            where = f"the batch of {len(group)} windows from {group[0]!r} to {group[-1]!r}"
+        for group in batches(windows, batch_size):
+            where = _BatchWhere(group)
             batch = sampler.batch(group, batch_dim)
             result = _call(func, batch, where)
-            for window, (variables, meta) in zip(
-                group, unbatch(result, len(group), batch_dim, default, output_dims, where)
+            # windows of a batch share one shape: check the layout once per batch
+            for k, (window, (variables, meta)) in enumerate(
+                zip(group, unbatch(result, len(group), batch_dim, default, output_dims, where))
             ):
-                agg.add_variables(window, variables, meta)
+                agg.add_variables(window, variables, meta, checked=k > 0)
             if bar is not None:
                 bar.update(len(group))
     finally:
