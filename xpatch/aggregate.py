@@ -498,9 +498,9 @@ class Aggregator:
         for cpos in self._touched(position) if only is None else [only]:
             if self._finished[cpos]:
                 continue
-            src, dst, cut = [], [], []
-            for starts, sizes, edges, p, c in zip(
-                self._starts_l, self._sizes_l, self._edges_l, position, cpos
+            src, dst, cut, wkey = [], [], [], []
+            for starts, sizes, edges, ids, p, c in zip(
+                self._starts_l, self._sizes_l, self._edges_l, self._factor_ids, position, cpos
             ):
                 s = starts[p]
                 e0 = edges[c]
@@ -512,6 +512,8 @@ class Aggregator:
                 src.append(slice(a - s, b - s))
                 dst.append(slice(a - e0, b - e0))
                 cut.append((p, a - s, b - s))
+                wkey.append((ids[p], a - s, b - s))
+            wkey_t = tuple(wkey)
             buffers = self._buffers.get(cpos)
             if buffers is None:
                 buffers = self._buffers[cpos] = self._new_buffers(cpos)
@@ -533,7 +535,9 @@ class Aggregator:
                 if custom:
                     w = _place(w_sp, axes, buf.ndim).astype(buf.dtype, copy=False)
                 else:
-                    w = self._weight(cut, axes, buf.ndim, buf.dtype)
+                    w = self._weight_cache.get((name, wkey_t))
+                    if w is None:
+                        w = self._weight((name, wkey_t), cut, axes, buf.ndim, buf.dtype)
                 sl_src = [slice(None)] * buf.ndim
                 sl_dst = [slice(None)] * buf.ndim
                 for k, ax in enumerate(axes):
@@ -543,22 +547,23 @@ class Aggregator:
                 target += data[tuple(sl_src)] * w
 
     def _weight(
-        self, cut: Sequence[tuple[int, int, int]], axes: Sequence[int], ndim: int, dtype: np.dtype
+        self,
+        key: Any,
+        cut: Sequence[tuple[int, int, int]],
+        axes: Sequence[int],
+        ndim: int,
+        dtype: np.dtype,
     ) -> np.ndarray:
-        """The final weight of a patch's part, as a product of normalised 1-D factors (cached)."""
-        key = (
-            tuple((self._factor_ids[i][p], lo, hi) for i, (p, lo, hi) in enumerate(cut)),
-            tuple(axes),
-            ndim,
-            dtype,
-        )
-        w = self._weight_cache.get(key)
-        if w is None:
-            facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
-            w = _outer(facs, axes, ndim, dtype)
-            if len(self._weight_cache) >= 64:
-                self._weight_cache.clear()
-            self._weight_cache[key] = w
+        """The final weight of a patch's part: a product of normalised 1-D factors, cached.
+
+        Windows whose normalised factors are equal (all interior windows of a
+        regular grid) share one cached N-D weight.
+        """
+        facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
+        w = _outer(facs, axes, ndim, dtype)
+        if len(self._weight_cache) >= 64:
+            self._weight_cache.clear()
+        self._weight_cache[key] = w
         return w
 
     def _chunk_shape(self, cpos: tuple[int, ...]) -> tuple[int, ...]:
