@@ -186,6 +186,16 @@ class Aggregator:
         Value of elements no patch covers; default NaN, or 0 for integer results.
     output_dims : sequence of hashable, optional
         Dims of bare-array results; default the source's dims.
+    sink : object, optional
+        Where finished chunks go (internal; ``out=`` of the accessor sets a zarr
+        sink). Default: memory.
+
+    Attributes
+    ----------
+    grid : PatchGrid
+        The grid whose windows are added.
+    kernel : Kernel or CustomWeights
+        The resolved blending weights.
 
     Examples
     --------

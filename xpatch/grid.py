@@ -133,6 +133,17 @@ class Window(Mapping[Hashable, slice]):
     Slices are in the index space of the source array. Under the pad border a
     slice may start below 0 or stop past the dim's length.
 
+    Attributes
+    ----------
+    dims : tuple of hashable
+        The spatial dims.
+    slices : tuple of slice
+        One slice per spatial dim.
+    index : int
+        Flat position in the grid: ``grid[window.index] == window``.
+    position : tuple of int
+        Position along each spatial dim of the grid.
+
     Examples
     --------
     >>> w = Window(dims=("y", "x"), slices=(slice(0, 4), slice(2, 6)), index=1)
@@ -195,6 +206,21 @@ class PatchGrid(Sequence[Window]):
         How the last patch along each axis is placed.
     pad_mode : {"constant", "edge", "reflect", "symmetric", "wrap"}, optional
         Virtual padding mode; only with ``border="pad"`` (default "constant").
+
+    Attributes
+    ----------
+    dims : tuple of hashable
+        The spatial dims, in the source array's order.
+    lengths : dict
+        Length of each spatial dim.
+    size, step : dict
+        Patch size and step per spatial dim.
+    border : str
+        The border mode.
+    pad_mode : str or None
+        The virtual padding mode (``border="pad"`` only).
+    axes : tuple of AxisPlan
+        The per-axis plans (starts and sizes).
 
     Examples
     --------
