@@ -263,6 +263,9 @@ class Aggregator:
         self._factors: list[list[np.ndarray]] = []
         self._factor_ids: list[list[int]] = []
         self._weight_cache: dict[Any, np.ndarray] = {}
+        self._cache_bytes = 0
+        self._buffer_bytes = 0
+        self._scratch: dict[Any, np.ndarray] = {}
         self._covered: list[np.ndarray] = []
         separable = isinstance(self.kernel, Kernel)
         for ax in self.grid.axes:
@@ -554,7 +557,10 @@ class Aggregator:
                     sl_src[ax] = src[k]
                     sl_dst[ax] = dst[k]
                 target = buf[tuple(sl_dst)]
-                target += data[tuple(sl_src)] * w
+                part = data[tuple(sl_src)]
+                scratch = self._scratch_for(target.shape, buf.dtype)
+                np.multiply(part, w, out=scratch, casting="unsafe")
+                target += scratch
 
     def _weight(
         self,
@@ -571,10 +577,24 @@ class Aggregator:
         """
         facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
         w = _outer(facs, axes, ndim, dtype)
-        if len(self._weight_cache) >= 64:
-            self._weight_cache.clear()
+        # keep the cache small next to the output: a few patch-sized arrays at most
+        budget = max(w.nbytes, self._buffer_bytes // 32)
+        while self._weight_cache and self._cache_bytes + w.nbytes > budget:
+            old = self._weight_cache.pop(next(iter(self._weight_cache)))
+            self._cache_bytes -= old.nbytes
         self._weight_cache[key] = w
+        self._cache_bytes += w.nbytes
         return w
+
+    def _scratch_for(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A reused temporary for ``result * weight`` (no fresh allocation per patch)."""
+        key = (shape, dtype)
+        scratch = self._scratch.get(key)
+        if scratch is None:
+            if len(self._scratch) >= 4:
+                self._scratch.clear()
+            scratch = self._scratch[key] = np.empty(shape, dtype=dtype)
+        return scratch
 
     def _chunk_shape(self, cpos: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(e[c + 1] - e[c]) for e, c in zip(self._edges, cpos))
@@ -588,6 +608,7 @@ class Aggregator:
         for name, (dims, other, dtype) in self._spec.items():
             shape = tuple(extent[d] if d in extent else other[d] for d in dims)
             out[name] = np.zeros(shape, dtype=accumulation_dtype(dtype))
+        self._buffer_bytes = max(self._buffer_bytes, sum(b.nbytes for b in out.values()))
         return out
 
     def fork(self) -> Aggregator:
@@ -599,6 +620,8 @@ class Aggregator:
         twin._added = self._added.copy()
         twin._sink = _Capture()
         twin._weight_cache = {}
+        twin._cache_bytes = 0
+        twin._scratch = {}
         return twin
 
     def region_template(self, cpos: tuple[int, ...]) -> xr.Dataset:

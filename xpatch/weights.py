@@ -20,7 +20,6 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from scipy.signal import windows
 
 from xpatch._types import WEIGHTS_NAMES
 from xpatch.errors import WeightsError
@@ -96,11 +95,15 @@ class _Hann(Kernel):
 
 @lru_cache(maxsize=256)
 def _gaussian_factor(n: int, sigma: float) -> np.ndarray:
+    from scipy.signal import windows  # imported on first use: it is slow to import
+
     return windows.gaussian(n, std=sigma * n)
 
 
 @lru_cache(maxsize=256)
 def _hann_factor(n: int) -> np.ndarray:
+    from scipy.signal import windows
+
     return windows.hann(n + 2)[1:-1]
 
 
