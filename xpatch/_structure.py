@@ -149,6 +149,15 @@ def spatial_check(
 ) -> None:
     """Every variable must hold every spatial dim with the expected size."""
     for name, (dims, data) in variables.items():
+        shape = data.shape
+        ok = len(shape) == len(dims)
+        if ok:
+            for d, n in expected.items():
+                if d not in dims or shape[dims.index(d)] != n:
+                    ok = False
+                    break
+        if ok and len(set(dims)) == len(dims):
+            continue
         label = "" if name == THIS else f" (variable {name!r})"
         if len(set(dims)) != len(dims):
             raise ResultError(f"{what}{label} has repeated dims {dims}")
@@ -158,12 +167,8 @@ def spatial_check(
                 f"{what}{label} lacks the spatial dims {missing}: it has dims {dims}; every"
                 " result must keep the patch's spatial dims"
             )
-        shape = dict(zip(dims, data.shape))
-        wrong = {d: shape[d] for d in expected if shape[d] != expected[d]}
-        if not wrong:
-            continue
-        if wrong:
-            raise ResultError(
-                f"{what}{label} has spatial sizes {wrong}, expected"
-                f" {dict(expected)} (the patch's size)"
-            )
+        sizes = dict(zip(dims, shape))
+        wrong = {d: sizes[d] for d in expected if sizes[d] != expected[d]}
+        raise ResultError(
+            f"{what}{label} has spatial sizes {wrong}, expected {dict(expected)} (the patch's size)"
+        )

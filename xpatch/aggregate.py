@@ -225,6 +225,7 @@ class Aggregator:
         self.grid = grid
         self.dims = grid.dims
         self.kernel: Kernel | CustomWeights = resolve(weights, grid.dims)
+        self._custom = isinstance(self.kernel, CustomWeights)
         if isinstance(self.kernel, CustomWeights):  # validate every patch shape up front
             for shape in itertools.product(*(np.unique(s) for s in grid.sizes.values())):
                 self.kernel(dict(zip(grid.dims, shape)))
@@ -308,6 +309,8 @@ class Aggregator:
         for cnt in counts:
             outstanding = np.multiply.outer(outstanding, cnt)
         self._outstanding = outstanding
+        # with a single chunk every window touches chunk (0, ..., 0)
+        self._single = [(0,) * len(counts)] if outstanding.size == 1 else None
         # plain-int copies for the per-patch hot path
         self._starts_l = [ax.starts.tolist() for ax in self.grid.axes]
         self._sizes_l = [ax.sizes.tolist() for ax in self.grid.axes]
@@ -377,10 +380,11 @@ class Aggregator:
             what = What(window)
             spatial_check(variables, dict(zip(self.dims, window.shape)), what)
             self._check_spec(variables, meta, what)
-        self._accumulate(window, variables)
+        touched = self._single if self._single is not None else list(self._touched(window.position))
+        self._accumulate(window, variables, touched=touched)
         self._added[window.index] = True
         self._n_added += 1
-        for cpos in self._touched(window.position):
+        for cpos in touched:
             if self._finished[cpos]:
                 continue
             self._outstanding[cpos] -= 1
@@ -503,12 +507,20 @@ class Aggregator:
         return itertools.product(*ranges)
 
     def _accumulate(
-        self, window: Window, variables: Variables, only: tuple[int, ...] | None = None
+        self,
+        window: Window,
+        variables: Variables,
+        only: tuple[int, ...] | None = None,
+        touched: Sequence[tuple[int, ...]] | None = None,
     ) -> None:
-        custom = isinstance(self.kernel, CustomWeights)
+        custom = self._custom
         full_w = self.kernel(dict(zip(self.dims, window.shape))) if custom else None
         position = window.position
-        for cpos in self._touched(position) if only is None else [only]:
+        if only is not None:
+            touched = [only]
+        elif touched is None:
+            touched = list(self._touched(position))
+        for cpos in touched:
             if self._finished[cpos]:
                 continue
             src, dst, cut, wkey = [], [], [], []
