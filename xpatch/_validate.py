@@ -50,7 +50,11 @@ def per_dim(
             raise GridError(f"{argument} is required")
         return dict(default)
     if isinstance(value, Mapping):
-        check_dims(value, dims, argument)
+        unknown = [k for k in value if k not in dims]
+        if unknown:
+            raise DimensionError(
+                f"{argument}: dims {unknown} are not spatial dims; the spatial dims are {dims}"
+            )
         out = dict(default) if default is not None else {}
         for d in dims:
             if d in value:

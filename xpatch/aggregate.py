@@ -26,7 +26,9 @@ from xpatch.errors import (
     DimensionError,
     GridError,
     IncompleteError,
+    PatchError,
     ResultError,
+    WeightsError,
 )
 from xpatch.grid import PatchGrid, Window
 from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
@@ -238,6 +240,10 @@ class Aggregator:
                 raise DimensionError(f"output_dims {output_dims} lacks the spatial dims {missing}")
         self.output_dims = output_dims
         self.on_chunk = on_chunk
+        if fill_value is not _DEFAULT:
+            value = np.asarray(fill_value)
+            if value.ndim != 0 or value.dtype.kind not in "biufc":
+                raise PatchError(f"fill_value must be a number (or NaN), got {fill_value!r}")
         self.fill_value = fill_value
         self._chunk_edges = chunk_edges(chunks, grid)
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
@@ -275,7 +281,14 @@ class Aggregator:
             denom = np.zeros(ax.length + before + after)
             for s, f in zip(ax.starts, raw):
                 denom[s + before : s + before + len(f)] += f
-            self._covered.append(denom[before : before + ax.length] > 0)
+            covered = ax.coverage() > 0
+            if np.any(covered & ~(denom[before : before + ax.length] > 0)):
+                raise WeightsError(
+                    f"weights={self.kernel!r}: the kernel is 0 (underflows) over elements of dim"
+                    f" {ax.dim!r} that patches cover, so they cannot be blended; use a wider"
+                    " kernel (e.g. a larger gaussian sigma)"
+                )
+            self._covered.append(covered)
             if separable:
                 factors = [
                     f / denom[s + before : s + before + len(f)] for s, f in zip(ax.starts, raw)
@@ -443,6 +456,11 @@ class Aggregator:
                 raise AggregationError(
                     f"cannot locate the result: its coordinate {d}={value!r} is not the start of"
                     " any window of the grid"
+                )
+            if len(hits) > 1:
+                raise AggregationError(
+                    f"cannot locate the result: its coordinate {d}={value!r} starts"
+                    f" {len(hits)} windows (the coordinate is not unique); pass the window"
                 )
             starts[d] = int(self.grid.axes[self.dims.index(d)].starts[hits[0]])
         window = self.grid.locate(starts)

@@ -67,6 +67,15 @@ class ZarrSink:
         self.name = template.name if isinstance(template, xr.DataArray) else None
         self.record_value = {"grid": grid.signature(), "chunks": [chunks[d] for d in grid.dims]}
         self.record_value.update(config or {})
+        from collections.abc import MutableMapping
+
+        from zarr.abc.store import Store
+
+        if not isinstance(out, (str, os.PathLike, zarr.Array, Store, MutableMapping)):
+            raise TypeError(
+                f"out must be a path, a zarr store or a zarr array, got {out!r}"
+                f" ({type(out).__name__})"
+            )
         self.array = out if isinstance(out, zarr.Array) else None
         self.store = (
             None

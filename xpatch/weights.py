@@ -192,9 +192,15 @@ class CustomWeights:
             value = value.transpose(*self.dims).values
         arr = np.asarray(value, dtype=np.float64)
         if arr.shape != shape:
+            hint = ""
+            if not callable(self.source):
+                hint = (
+                    "; patches of other sizes (the adaptive border's shortened last patch)"
+                    " need a callable size -> array or a kernel from xpatch.weights"
+                )
             raise WeightsError(
                 f"weights: expected an array of the patch shape {dict(zip(self.dims, shape))},"
-                f" got shape {arr.shape}"
+                f" got shape {arr.shape}{hint}"
             )
         if not np.all(np.isfinite(arr)):
             raise WeightsError("weights: every weight must be finite (found NaN or inf)")
