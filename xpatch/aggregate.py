@@ -797,6 +797,15 @@ class Aggregator:
         ------
         IncompleteError
             Some windows were never added (and ``partial`` is False).
+
+        Examples
+        --------
+        >>> import numpy as np, xarray as xr, xpatch
+        >>> da = xr.DataArray(np.ones(6), dims="x")
+        >>> agg = da.patch.aggregator(x=3, weights="mean")
+        >>> agg.add(np.full(3, 2.0), agg.grid[0])
+        >>> agg.result(partial=True).values
+        array([ 2.,  2.,  2., nan, nan, nan])
         """
         missing = np.flatnonzero(~self._added)
         if len(missing) and not partial:

@@ -88,7 +88,14 @@ def axis_starts(length: int, size: int, step: int, border: Border) -> tuple[np.n
 
 @dataclass(frozen=True)
 class AxisPlan:
-    """The 1-D plan of one spatial dim: patch starts and sizes along it."""
+    """The 1-D plan of one spatial dim: patch starts and sizes along it.
+
+    Examples
+    --------
+    >>> plan = PatchGrid({"x": 10}, {"x": 4}, step=3).axes[0]
+    >>> plan.starts, plan.stops
+    (array([0, 3, 6]), array([ 4,  7, 10]))
+    """
 
     dim: Hashable
     length: int

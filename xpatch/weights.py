@@ -32,6 +32,14 @@ class Kernel:
 
     Subclasses implement :meth:`factor`; every factor is strictly positive, so an
     element covered by a single patch keeps a non-zero weight.
+
+    Examples
+    --------
+    >>> k = gaussian(sigma=0.25)
+    >>> k({"y": 3, "x": 2}).shape
+    (3, 2)
+    >>> bool(np.allclose(k({"y": 3, "x": 2}), np.outer(k.factor(3), k.factor(2))))
+    True
     """
 
     name = "kernel"
@@ -167,6 +175,13 @@ class CustomWeights:
         by name, or a callable ``size -> array`` receiving a mapping dim -> size.
     dims : sequence of hashable
         The spatial dims, in order.
+
+    Examples
+    --------
+    >>> w = CustomWeights(lambda size: np.ones((size["y"], size["x"])), ("y", "x"))
+    >>> w({"y": 2, "x": 3})
+    array([[1., 1., 1.],
+           [1., 1., 1.]])
     """
 
     def __init__(self, weights: Any, dims: Sequence[Hashable]) -> None:
