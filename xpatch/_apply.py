@@ -125,11 +125,11 @@ def run(
             where = _BatchWhere(group)
             batch = sampler.batch(group, batch_dim)
             result = _call(func, batch, where)
-            # windows of a batch share one shape: check the layout once per batch
-            for k, (window, (variables, meta)) in enumerate(
-                zip(group, unbatch(result, len(group), batch_dim, default, output_dims, where))
-            ):
-                agg.add_variables(window, variables, meta, checked=k > 0)
+            # windows of a batch share one shape: the layout is checked once per batch
+            variables, meta = batched_variables(
+                result, len(group), batch_dim, default, output_dims, where
+            )
+            agg.add_batch(group, variables, meta, batch_dim)
             if bar is not None:
                 bar.update(len(group))
     finally:
@@ -138,15 +138,15 @@ def run(
     return agg
 
 
-def unbatch(
+def batched_variables(
     result: Any,
     n: int,
     batch_dim: Hashable,
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
-    where: str,
-) -> Iterator[tuple[dict[Hashable, Any], Meta]]:
-    """Split a batched result into one (variables, meta) per window."""
+    where: Any,
+) -> tuple[dict[Hashable, Any], Meta]:
+    """A batched result as named arrays that all hold ``batch_dim`` of length ``n``."""
     dims_hint = None if output_dims is None else (batch_dim, *output_dims)
     variables, meta = split(
         result,
@@ -163,6 +163,19 @@ def unbatch(
                 f"func's result{label} for {where} must have the batch dim {batch_dim!r} of"
                 f" length {n}; got dims {dict(zip(dims, data.shape))}"
             )
+    return variables, meta
+
+
+def unbatch(
+    result: Any,
+    n: int,
+    batch_dim: Hashable,
+    default_dims: Sequence[Hashable] | None,
+    output_dims: Sequence[Hashable] | None,
+    where: str,
+) -> Iterator[tuple[dict[Hashable, Any], Meta]]:
+    """Split a batched result into one (variables, meta) per window."""
+    variables, meta = batched_variables(result, n, batch_dim, default_dims, output_dims, where)
     for i in range(n):
         one = {}
         for name, (dims, data) in variables.items():

@@ -328,6 +328,7 @@ class Aggregator:
         self._starts_l = [ax.starts.tolist() for ax in self.grid.axes]
         self._sizes_l = [ax.sizes.tolist() for ax in self.grid.axes]
         self._edges_l = [e.tolist() for e in self._edges]
+        self._lengths_l = [ax.length for ax in self.grid.axes]
         self._lo_l = [lo.tolist() for lo, _ in self._chunk_ranges]
         self._hi_l = [hi.tolist() for _, hi in self._chunk_ranges]
 
@@ -403,6 +404,74 @@ class Aggregator:
             self._outstanding[cpos] -= 1
             if self._outstanding[cpos] == 0:
                 self._finish(cpos)
+
+    def add_batch(
+        self, windows: Sequence[Window], variables: Variables, meta: Meta, batch_dim: Hashable
+    ) -> None:
+        """Add the results of a batch of equally shaped windows, stacked along ``batch_dim``.
+
+        The layout is checked once, on the first window. With one chunk, built-in
+        weights and one variable, the rest go through a lean loop: one weighted add
+        per window into the output, with cached weights and a reused scratch array.
+        """
+        per = []
+        for name, (dims, data) in variables.items():
+            axis = dims.index(batch_dim)
+            if axis:
+                data = np.moveaxis(data, axis, 0)
+            per.append((name, dims[:axis] + dims[axis + 1 :], data))
+        self.add_variables(windows[0], {name: (d, data[0]) for name, d, data in per}, meta)
+        rest = windows[1:]
+        if not rest:
+            return
+        name, dims, data = per[0]
+        lean = (
+            self._single is not None
+            and not self._custom
+            and len(per) == 1
+            and dims == self._spec[name][0]
+            and not self._finished[self._single[0]]
+        )
+        if not lean:
+            for i, window in enumerate(rest, 1):
+                one = {n: (d, arr[i]) for n, d, arr in per}
+                self.add_variables(window, one, meta, checked=True)
+            return
+        cpos = self._single[0]
+        buf = self._buffers[cpos][name]
+        axes = self._axes_of[name]
+        ndim = buf.ndim
+        plan = list(zip(self._starts_l, self._sizes_l, self._lengths_l, self._factor_ids, axes))
+        for i, window in enumerate(rest, 1):
+            if self._added[window.index]:
+                raise AggregationError(f"{window!r} was already added; each window is added once")
+            sl_src = [slice(None)] * ndim
+            sl_dst = [slice(None)] * ndim
+            wkey = []
+            cut = []
+            for (starts, sizes, length, ids, ax), p in zip(plan, window.position):
+                s = starts[p]
+                b = s + sizes[p]
+                a = s if s > 0 else 0
+                if b > length:
+                    b = length
+                sl_src[ax] = slice(a - s, b - s)
+                sl_dst[ax] = slice(a, b)
+                wkey.append((ids[p], a - s, b - s))
+                cut.append((p, a - s, b - s))
+            key = (name, tuple(wkey))
+            w = self._weight_cache.get(key)
+            if w is None:
+                w = self._weight(key, cut, axes, ndim, buf.dtype)
+            target = buf[tuple(sl_dst)]
+            scratch = self._scratch_for(target.shape, buf.dtype)
+            np.multiply(data[i][tuple(sl_src)], w, out=scratch, casting="unsafe")
+            target += scratch
+            self._added[window.index] = True
+        self._n_added += len(rest)
+        self._outstanding[cpos] -= len(rest)
+        if self._outstanding[cpos] == 0:
+            self._finish(cpos)
 
     @property
     def chunk_grid(self) -> tuple[int, ...]:
