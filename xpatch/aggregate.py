@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._structure import Meta, What, assemble, spatial_check, split
+from xpatch._structure import THIS, Meta, What, assemble, spatial_check, split, to_numpy
 from xpatch._validate import is_int, positive_int
 from xpatch.errors import (
     AggregationError,
@@ -375,6 +375,11 @@ class Aggregator:
             window = self._check_window(window)
         if self._added[window.index]:
             raise AggregationError(f"{window!r} was already added; each window is added once")
+        if self._meta is not None and type(result) is xr.DataArray:
+            # the layout is fixed: only the data matters (the fast, common case)
+            variables = {THIS: (result.dims, to_numpy(result.data))}
+            self.add_variables(window, variables, self._meta)
+            return
         variables, meta = split(
             result,
             spatial=self.dims,
