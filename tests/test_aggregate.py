@@ -19,7 +19,8 @@ import pytest
 import xarray as xr
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scipy.signal import windows
+from reference import builtin_weights, ref_axis
+from reference import reference as _reference
 
 import xpatch
 from xpatch import AggregationError, IncompleteError, ResultError, WeightsError
@@ -31,86 +32,9 @@ MAX_PATCHES = 64
 
 
 # --- reference ------------------------------------------------------------------
-def ref_axis(length: int, size: int, step: int, border: str) -> tuple[list[int], list[int]]:
-    """Per-axis starts and sizes, straight from the formulas of the design."""
-    L, P, S = length, size, step
-    if border == "pad":
-        n = 1 if P >= L else math.ceil((L - P) / S) + 1
-        before = ((n - 1) * S + P - L) // 2
-        return [i * S - before for i in range(n)], [P] * n
-    k = (L - P) // S
-    base = [i * S for i in range(k + 1)]
-    if border == "crop":
-        return base, [P] * len(base)
-    if border == "edge":
-        starts = base if k * S == L - P else [*base, L - P]
-        return starts, [P] * len(starts)
-    if border == "adaptive":
-        if k * S + P < L:
-            return [*base, (k + 1) * S], [P] * len(base) + [L - (k + 1) * S]
-        return base, [P] * len(base)
-    if k * S + P < L:  # squeeze
-        base.append((k + 1) * S)
-    n = len(base)
-    if n == 1:
-        return [0], [P]
-    a = ((n - 1) * S + P - L) // (n - 1)
-    return [i * (S - a) for i in range(n - 1)] + [L - P], [P] * n
-
-
-def kernel_1d(name: str, n: int) -> np.ndarray:
-    if name == "mean":
-        return np.ones(n)
-    if name == "gaussian":
-        return windows.gaussian(n, std=n / 8)
-    if name == "hann":
-        return windows.hann(n + 2)[1:-1]
-    raise AssertionError(name)
-
-
-def builtin_weights(name: str):
-    def weights(shape: tuple[int, ...]) -> np.ndarray:
-        out = np.ones(())
-        for n in shape:
-            out = np.multiply.outer(out, kernel_1d(name, n))
-        return out
-
-    return weights
-
-
-def reference(a, axes, size, step, border, weights, f, pad_mode="constant", subset=None):
-    """Brute-force blend of ``f(patch, starts)`` over the grid (or the windows in
-    ``subset``, by flat index); NaN where no weight lands."""
-    a = np.asarray(a, dtype=np.float64)
-    plans = [ref_axis(a.shape[ax], size[i], step[i], border) for i, ax in enumerate(axes)]
-    pad = [(0, 0)] * a.ndim
-    for (starts, sizes), ax in zip(plans, axes):
-        stop = max(s + n for s, n in zip(starts, sizes))
-        pad[ax] = (max(0, -starts[0]), max(0, stop - a.shape[ax]))
-    padded = np.pad(a, pad, mode=pad_mode)
-    num = np.zeros(padded.shape)
-    den = np.zeros(padded.shape)
-    positions = itertools.product(*(range(len(p[0])) for p in plans))
-    for k, position in enumerate(positions):
-        if subset is not None and k not in subset:
-            continue
-        index = [slice(None)] * a.ndim
-        starts, shape = [], []
-        for (st_, sz), ax, p in zip(plans, axes, position):
-            s0 = st_[p] + pad[ax][0]
-            index[ax] = slice(s0, s0 + sz[p])
-            starts.append(st_[p])
-            shape.append(sz[p])
-        index = tuple(index)
-        bshape = [1] * a.ndim
-        for ax, n in zip(axes, shape):
-            bshape[ax] = n
-        w = np.asarray(weights(tuple(shape)), dtype=np.float64).reshape(bshape)
-        num[index] += w * np.asarray(f(padded[index], tuple(starts)), dtype=np.float64)
-        den[index] += w * np.ones(num[index].shape)
-    out = np.full(padded.shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    return out[tuple(slice(b, b + n) for (b, _), n in zip(pad, a.shape))]
+def reference(a, *args, **kwargs):
+    """The shared brute-force blend, computed in float64."""
+    return _reference(np.asarray(a, dtype=np.float64), *args, **kwargs)
 
 
 def func(p):

@@ -9,7 +9,6 @@ the design (not taken from ``xpatch.grid``) and the 1-D kernels from
 
 from __future__ import annotations
 
-import itertools
 import math
 import tracemalloc
 import warnings
@@ -19,7 +18,7 @@ import pytest
 import xarray as xr
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scipy.signal import windows
+from reference import builtin_weights, kernel_1d, ref_axis, reference, uncovered_mask
 
 import xpatch
 from xpatch import DimensionError, GridError, ResultError, WeightsError
@@ -29,123 +28,6 @@ PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 WEIGHTS = ("mean", "gaussian", "hann")
 SPATIAL_NAMES = ("t", "z", "y", "x")
 MAX_PATCHES = 80
-
-
-# --- reference ------------------------------------------------------------------
-def ref_axis(length: int, size: int, step: int, border: str) -> tuple[list[int], list[int]]:
-    """Per-axis starts and sizes, straight from the formulas of the design."""
-    L, P, S = length, size, step
-    if border == "pad":
-        n = 1 if P >= L else math.ceil((L - P) / S) + 1
-        before = ((n - 1) * S + P - L) // 2
-        return [i * S - before for i in range(n)], [P] * n
-    k = (L - P) // S
-    base = [i * S for i in range(k + 1)]
-    if border == "crop":
-        return base, [P] * len(base)
-    if border == "edge":
-        starts = base if k * S == L - P else [*base, L - P]
-        return starts, [P] * len(starts)
-    if border == "adaptive":
-        if k * S + P < L:
-            return [*base, (k + 1) * S], [P] * len(base) + [L - (k + 1) * S]
-        return base, [P] * len(base)
-    # squeeze
-    if k * S + P < L:
-        base.append((k + 1) * S)
-    n = len(base)
-    if n == 1:
-        return [0], [P]
-    a = ((n - 1) * S + P - L) // (n - 1)
-    return [i * (S - a) for i in range(n - 1)] + [L - P], [P] * n
-
-
-def kernel_1d(name: str, n: int, sigma: float = 0.125) -> np.ndarray:
-    if name == "mean":
-        return np.ones(n)
-    if name == "gaussian":
-        return windows.gaussian(n, std=sigma * n)
-    if name == "hann":
-        return windows.hann(n + 2)[1:-1]
-    raise AssertionError(name)
-
-
-def builtin_weights(name: str, sigma: float = 0.125):
-    """N-D kernel (spatial order) as the outer product of 1-D kernels."""
-
-    def weights(shape: tuple[int, ...]) -> np.ndarray:
-        out = np.ones(())
-        for n in shape:
-            out = np.multiply.outer(out, kernel_1d(name, n, sigma))
-        return out
-
-    return weights
-
-
-def reference(
-    a,
-    axes,
-    size,
-    step,
-    border,
-    weights,
-    f,
-    pad_mode="constant",
-    subset=None,
-):
-    """Brute-force blend of ``f`` over the grid; NaN where no weight lands.
-
-    ``axes``: spatial axis numbers (ascending); ``size``/``step``: one int per
-    spatial axis; ``weights``: spatial shape -> N-D weight; ``f(patch, starts)``
-    returns an array of the patch's shape; ``subset``: flat indices of the
-    windows to blend (default all).
-    """
-    a = np.asarray(a)
-    plans = [ref_axis(a.shape[ax], size[i], step[i], border) for i, ax in enumerate(axes)]
-    pad = [(0, 0)] * a.ndim
-    for (starts, sizes), ax in zip(plans, axes):
-        stop = max(s + n for s, n in zip(starts, sizes))
-        pad[ax] = (max(0, -starts[0]), max(0, stop - a.shape[ax]))
-    padded = np.pad(a, pad, mode=pad_mode) if any(p != (0, 0) for p in pad) else a
-    num = np.zeros(padded.shape)
-    den = np.zeros(padded.shape)
-    positions = itertools.product(*(range(len(p[0])) for p in plans))
-    for k, position in enumerate(positions):
-        if subset is not None and k not in subset:
-            continue
-        index = [slice(None)] * a.ndim
-        starts, shape = [], []
-        for (st_, sz), ax, p in zip(plans, axes, position):
-            s0 = st_[p] + pad[ax][0]
-            index[ax] = slice(s0, s0 + sz[p])
-            starts.append(st_[p])
-            shape.append(sz[p])
-        index = tuple(index)
-        w = np.asarray(weights(tuple(shape)), dtype=np.float64)
-        bshape = [1] * a.ndim
-        for ax, n in zip(axes, shape):
-            bshape[ax] = n
-        w = w.reshape(bshape)
-        num[index] += w * np.asarray(f(padded[index], tuple(starts)), dtype=np.float64)
-        den[index] += w * np.ones(num[index].shape)
-    out = np.full(padded.shape, np.nan)
-    np.divide(num, den, out=out, where=den > 0)
-    crop = tuple(slice(b, b + n) for (b, _), n in zip(pad, a.shape))
-    return out[crop]
-
-
-def uncovered_mask(shape, axes, size, step, border) -> np.ndarray:
-    """Elements that no window covers (only the crop border has any)."""
-    mask = np.zeros(shape, dtype=bool)
-    for i, ax in enumerate(axes):
-        starts, sizes = ref_axis(shape[ax], size[i], step[i], border)
-        cov = np.zeros(shape[ax], dtype=bool)
-        for s, n in zip(starts, sizes):
-            cov[max(s, 0) : s + n] = True
-        bshape = [1] * len(shape)
-        bshape[ax] = shape[ax]
-        mask |= ~cov.reshape(bshape)
-    return mask
 
 
 # --- strategies -------------------------------------------------------------------
