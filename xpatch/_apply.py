@@ -260,7 +260,7 @@ def make_aggregator(
 def chunk_sizes_for(
     chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
 ) -> dict[Hashable, int]:
-    from xpatch.aggregate import chunk_sizes
+    from xpatch._chunks import chunk_sizes
 
     return chunk_sizes(chunks, grid)
 

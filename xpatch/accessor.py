@@ -12,10 +12,11 @@ from typing import Any
 import xarray as xr
 
 from xpatch import _apply
+from xpatch._chunks import _DEFAULT
 from xpatch._sampling import Sampler, spatial_subset
 from xpatch._types import Border, PadMode
 from xpatch._validate import check_dims
-from xpatch.aggregate import _DEFAULT, Aggregator
+from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.errors import DimensionError, GridError
 from xpatch.grid import PatchGrid

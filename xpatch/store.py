@@ -316,7 +316,8 @@ def apply_to_store(
 ) -> xr.DataArray | xr.Dataset:
     """``apply`` writing finished chunks to ``out``; resumable."""
     from xpatch import _apply
-    from xpatch.aggregate import Aggregator, chunk_sizes
+    from xpatch._chunks import chunk_sizes
+    from xpatch.aggregate import Aggregator
 
     batch_size, agg_dims = _apply.check_apply_args(
         obj, func, kwargs["batch_size"], kwargs["batch_dim"], kwargs["output_dims"]
