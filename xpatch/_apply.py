@@ -199,9 +199,12 @@ def apply(
     fill_value: Any,
     progress: bool,
     sink: Any = None,
-    skip: np.ndarray | None = None,
 ) -> xr.DataArray | xr.Dataset:
-    """Eager ``apply``: every argument is checked before ``func`` is first called."""
+    """Eager ``apply``: every argument is checked before ``func`` is first called.
+
+    A ``sink`` that recorded finished chunks (``sink.done``, a resumed zarr store)
+    makes the run skip the windows that touch only those chunks.
+    """
     batch_size, agg_dims = check_apply_args(obj, func, batch_size, batch_dim, output_dims)
     agg = Aggregator(
         obj,
@@ -213,6 +216,8 @@ def apply(
         output_dims=agg_dims,
         sink=sink,
     )
+    done = getattr(sink, "done", None)
+    skip = agg.skip_finished(done) if done is not None else None
     run(
         obj,
         func,
@@ -242,9 +247,10 @@ def make_aggregator(
     """The aggregator behind ``obj.patch.aggregator``."""
     sink = None
     if out is not None:
+        from xpatch._chunks import chunk_sizes
         from xpatch.store import ZarrSink
 
-        sink = ZarrSink(out, obj, grid, chunk_sizes_for(chunks, grid), resume=False)
+        sink = ZarrSink(out, obj, grid, chunk_sizes(chunks, grid), resume=False)
     return Aggregator(
         obj,
         grid,
@@ -255,14 +261,6 @@ def make_aggregator(
         output_dims=output_dims,
         sink=sink,
     )
-
-
-def chunk_sizes_for(
-    chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
-) -> dict[Hashable, int]:
-    from xpatch._chunks import chunk_sizes
-
-    return chunk_sizes(chunks, grid)
 
 
 def dispatch(

@@ -170,13 +170,6 @@ def _place(arr: np.ndarray, axes: Sequence[int], ndim: int) -> np.ndarray:
     return moved.reshape(shape)
 
 
-def _index(
-    dims: Sequence[Hashable], spatial: Sequence[Hashable], slices: Sequence[slice]
-) -> tuple[slice, ...]:
-    lookup = dict(zip(spatial, slices))
-    return tuple(lookup.get(d, slice(None)) for d in dims)
-
-
 def _fill(
     data: np.ndarray,
     mask: np.ndarray,

@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._apply import batches, check_apply_args, unbatch
+from xpatch._apply import _BatchWhere, _call, batches, check_apply_args, unbatch
 from xpatch._sampling import Sampler, stack
-from xpatch._structure import split
+from xpatch._structure import What, split
 from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
 
@@ -147,28 +147,17 @@ def _patch_task(func: Callable[[Any], Any], spec: _PatchSpec, *blocks: Any) -> l
         patches.append(_build_patch(spec, i, data))
     if spec.batch_dim is None:
         window = spec.windows[0]
-        try:
-            result = func(patches[0])
-        except Exception as err:
-            err.add_note(f"xpatch: raised by func on {window!r}")
-            raise
+        result = _call(func, patches[0], window)
         variables, _ = split(
             result,
             spatial=spec.spatial,
             default_dims=spec.default_dims,
             output_dims=spec.output_dims,
-            what=f"the result for {window!r}",
+            what=What(window),
         )
         return [variables]
-    where = (
-        f"the batch of {len(spec.windows)} windows from {spec.windows[0]!r} to {spec.windows[-1]!r}"
-    )
-    batch = stack(patches, spec.windows, spec.batch_dim)
-    try:
-        result = func(batch)
-    except Exception as err:
-        err.add_note(f"xpatch: raised by func on {where}")
-        raise
+    where = _BatchWhere(spec.windows)
+    result = _call(func, stack(patches, spec.windows, spec.batch_dim), where)
     default = (spec.batch_dim, *spec.default_dims) if spec.default_dims else None
     return [
         v

@@ -317,43 +317,16 @@ def apply_to_store(
     """``apply`` writing finished chunks to ``out``; resumable."""
     from xpatch import _apply
     from xpatch._chunks import chunk_sizes
-    from xpatch.aggregate import Aggregator
 
-    batch_size, agg_dims = _apply.check_apply_args(
-        obj, func, kwargs["batch_size"], kwargs["batch_dim"], kwargs["output_dims"]
-    )
     if kwargs["chunks"] is None and _is_zarr_array(out):
         kwargs["chunks"] = _array_chunks(out, grid)
-    chunks = chunk_sizes(kwargs["chunks"], grid)
     weights = kwargs["weights"]
     config = {
         "func": _describe(func),
         "on_chunk": _describe(kwargs["on_chunk"]),
         "weights": weights if isinstance(weights, str) else repr(weights),
     }
-    agg = Aggregator(
-        obj,
-        grid,
-        weights=weights,
-        chunks=kwargs["chunks"],
-        on_chunk=kwargs["on_chunk"],
-        fill_value=kwargs["fill_value"],
-        output_dims=agg_dims,
-        sink=None,
+    sink = ZarrSink(
+        out, obj, grid, chunk_sizes(kwargs["chunks"], grid), resume=resume, config=config
     )
-    sink = ZarrSink(out, obj, grid, chunks, resume=resume, config=config)
-    agg._sink = sink
-    skip = agg.skip_finished(sink.done) if sink.done is not None else None
-    _apply.run(
-        obj,
-        func,
-        grid,
-        agg,
-        batch_size=batch_size,
-        batch_dim=kwargs["batch_dim"],
-        output_dims=agg_dims,
-        ordered=True,
-        progress=kwargs["progress"],
-        skip=skip,
-    )
-    return agg.result()
+    return _apply.apply(obj, func, grid, sink=sink, **kwargs)
