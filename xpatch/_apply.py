@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -46,8 +47,18 @@ def check_apply_args(
     return batch_size, output_dims
 
 
-def batches(windows: Iterable[Window], batch_size: int) -> Iterator[list[Window]]:
-    """Consecutive windows of equal shape, at most ``batch_size`` at a time."""
+def batches(
+    windows: Iterable[Window], batch_size: int, uniform: bool = False
+) -> Iterator[list[Window]]:
+    """Consecutive windows of equal shape, at most ``batch_size`` at a time.
+
+    ``uniform``: every window has the same shape (no need to compare them).
+    """
+    if uniform:
+        it = iter(windows)
+        while batch := list(itertools.islice(it, batch_size)):
+            yield batch
+        return
     batch: list[Window] = []
     for w in windows:
         if batch and (len(batch) == batch_size or batch[0].shape != w.shape):
@@ -116,12 +127,13 @@ def run(
         if batch_size is None:
             for window in windows:
                 result = _call(func, sampler(window), window)
-                agg.add(result, window)
+                agg.add_result(result, window)
                 if bar is not None:
                     bar.update(1)
             return agg
         default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
-        for group in batches(windows, batch_size):
+        uniform = all(len(np.unique(ax.sizes)) == 1 for ax in grid.axes)
+        for group in batches(windows, batch_size, uniform):
             where = _BatchWhere(group)
             batch = sampler.batch(group, batch_dim)
             result = _call(func, batch, where)

@@ -77,6 +77,8 @@ class Sampler:
                 if ax.dim in obj.coords:
                     self._coords[ax.dim] = padded_coordinate(obj[ax.dim].values, before, after)
         self._constant = grid.pad_mode == "constant"
+        # only the pad border has windows reaching past the array
+        self._inside = all(ax.pad_width == (0, 0) for ax in grid.axes)
         self._fast = _FastCutter.make(obj, grid)
         variables = (
             [obj.variable]
@@ -90,10 +92,13 @@ class Sampler:
     def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> Any:
         """The patches of ``windows`` stacked along ``batch_dim`` (see :func:`stack`)."""
         fast = self._fast
-        if fast is not None and all(
-            s.start >= 0 and s.stop <= self.lengths[d]
-            for w in windows
-            for d, s in zip(w.dims, w.slices)
+        if fast is not None and (
+            self._inside
+            or all(
+                s.start >= 0 and s.stop <= self.lengths[d]
+                for w in windows
+                for d, s in zip(w.dims, w.slices)
+            )
         ):
             data = np.stack([fast.data[fast.key(w)] for w in windows])
             coords = dict(fast.fixed)
@@ -133,7 +138,7 @@ class Sampler:
         return indexers, masks, coords
 
     def __call__(self, window: Window) -> Any:
-        if all(
+        if self._inside or all(
             s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
         ):
             if self._fast is not None:
@@ -157,9 +162,10 @@ class _FastCutter:
     """Builds in-bounds patches of an in-memory DataArray without ``isel``.
 
     ``isel`` re-slices every coordinate and rebuilds every index for each patch;
-    here the per-axis coordinate slices and indexes are cached per window start,
-    and the patch is assembled directly. The result is the same DataArray that
-    ``isel`` returns (a view of the source data, with its coords and attrs).
+    here the per-axis coordinate slices and indexes are cached per window
+    position, and the patch is assembled directly. The result is the same
+    DataArray that ``isel`` returns (a view of the source data, with its coords
+    and attrs).
     """
 
     def __init__(self, obj: xr.DataArray, grid: PatchGrid) -> None:
@@ -180,9 +186,11 @@ class _FastCutter:
             else:
                 self.multi.append(name)
         self.fixed_indexes = {k: v for k, v in obj.xindexes.items() if k in self.fixed}
-        self.cache: dict[
-            tuple[Hashable, int, int], tuple[dict[Hashable, Any], dict[Hashable, Any]]
-        ] = {}
+        self.cache: dict[tuple[Hashable, int, int], tuple[dict[Hashable, Any], ...]] = {}
+        # spatial axes in the order of the data's dims, and the full-slice key to fill
+        self.order = [(i, d, self.dims.index(d)) for i, d in enumerate(grid.dims)]
+        self.key0 = [slice(None)] * len(self.dims)
+        self.lean = _lean_variables()
 
     @classmethod
     def make(cls, obj: Any, grid: PatchGrid) -> _FastCutter | None:
@@ -206,9 +214,7 @@ class _FastCutter:
                 return None
         return cls(obj, grid)
 
-    def _axis_coords(
-        self, dim: Hashable, s: slice
-    ) -> tuple[dict[Hashable, Any], dict[Hashable, Any]]:
+    def _axis_coords(self, dim: Hashable, s: slice) -> tuple[dict[Hashable, Any], ...]:
         key = (dim, s.start, s.stop)
         hit = self.cache.get(key)
         if hit is None:
@@ -226,29 +232,45 @@ class _FastCutter:
 
     def key(self, window: Window) -> tuple[slice, ...]:
         """Numpy index of the window's patch in the source data."""
-        key = [slice(None)] * len(self.dims)
-        for d, s in zip(window.dims, window.slices):
-            key[self.axis[d]] = s
+        key = self.key0.copy()
+        slices = window.slices
+        for i, _, ax in self.order:
+            key[ax] = slices[i]
         return tuple(key)
 
     def __call__(self, window: Window) -> xr.DataArray:
-        key = [slice(None)] * len(self.dims)
-        coords = dict(self.fixed)
-        indexes = dict(self.fixed_indexes)
-        for d, s in zip(window.dims, window.slices):
-            key[self.axis[d]] = s
-            c, i = self._axis_coords(d, s)
+        key = self.key0.copy()
+        coords = self.fixed.copy()
+        indexes = self.fixed_indexes.copy()
+        slices = window.slices
+        for i, d, ax in self.order:
+            s = slices[i]
+            key[ax] = s
+            c, idx = self._axis_coords(d, s)
             coords.update(c)
-            indexes.update(i)
+            indexes.update(idx)
         if self.multi:
-            sel = dict(zip(window.dims, window.slices))
+            sel = dict(zip(window.dims, slices))
             for name in self.multi:
                 var = self.obj.coords[name].variable
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
-        variable = xr.Variable(
-            self.dims, self.data[tuple(key)], attrs=dict(self.obj.attrs), fastpath=True
-        )
+        data = self.data[tuple(key)]
+        attrs = dict(self.obj.attrs)
+        if self.lean:
+            variable = object.__new__(xr.Variable)
+            variable._dims = self.dims
+            variable._data = data
+            variable._attrs = attrs
+            variable._encoding = None
+        else:  # pragma: no cover - a future xarray with other Variable internals
+            variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)
         return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
+
+
+def _lean_variables() -> bool:
+    """True if a Variable is exactly its four slots (so it can be built without checks)."""
+    slots = {s for cls in xr.Variable.__mro__ for s in cls.__dict__.get("__slots__", ())}
+    return slots == {"_dims", "_data", "_attrs", "_encoding"}
 
 
 def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xpatch._blend import Blender
 from xpatch._chunks import (
     _DEFAULT,
     Variables,
@@ -47,6 +48,11 @@ from xpatch.grid import PatchGrid, Window
 from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
 
 __all__ = ["Aggregator"]
+
+BATCH_BYTES = 1 << 16  # patches up to this size are added a whole batch at a time
+
+# per axis: source slice, destination slice, weight-factor key, factor cut
+_Part = tuple[slice, slice, tuple[int, int, int], tuple[int, int, int]]
 
 
 class Aggregator:
@@ -143,6 +149,10 @@ class Aggregator:
         self._n_added = 0
         self._spec: dict[Hashable, tuple[tuple[Hashable, ...], dict[Hashable, int], np.dtype]] = {}
         self._axes_of: dict[Hashable, list[int]] = {}
+        self._plain: dict[Hashable, bool] = {}
+        self._lean: tuple[type, tuple[Hashable, ...]] | None = None
+        self._expected: dict[tuple[int, ...], tuple[int, ...]] = {}
+        self._n_colours: dict[int, int] = {}
         self._meta: Meta | None = None
         self._out_meta: Meta | None = None
         self._buffers: dict[tuple[int, ...], dict[Hashable, np.ndarray]] = {}
@@ -154,10 +164,10 @@ class Aggregator:
         """Per-axis kernels normalised by their per-axis sums (separable normalisation)."""
         self._factors: list[list[np.ndarray]] = []
         self._factor_ids: list[list[int]] = []
-        self._weight_cache: dict[Any, np.ndarray] = {}
+        self._weight_cache: dict[Any, list[np.ndarray]] = {}
         self._cache_bytes = 0
         self._buffer_bytes = 0
-        self._scratch: dict[Any, np.ndarray] = {}
+        self._blend = Blender()
         self._covered: list[np.ndarray] = []
         separable = isinstance(self.kernel, Kernel)
         for ax in self.grid.axes:
@@ -216,6 +226,46 @@ class Aggregator:
         self._lengths_l = [ax.length for ax in self.grid.axes]
         self._lo_l = [lo.tolist() for lo, _ in self._chunk_ranges]
         self._hi_l = [hi.tolist() for _, hi in self._chunk_ranges]
+        self._parts: list[dict[tuple[int, int], _Part]] = [{} for _ in self.grid.axes]
+        self._starts_a = [ax.starts for ax in self.grid.axes]
+        self._ids_a = [np.asarray(ids) for ids in self._factor_ids]
+        self._lengths_a = np.array(self._lengths_l)
+        self._single_parts = (
+            [
+                [self._axis_part(i, p, 0) for p in range(len(ax.starts))]
+                for i, ax in enumerate(self.grid.axes)
+            ]
+            if self._single is not None
+            else []
+        )
+
+    def _axis_part(self, i: int, p: int, c: int) -> _Part:
+        """Where window position ``p`` of axis ``i`` meets chunk ``c`` (cached).
+
+        Returns the source slice, the destination slice in the chunk, the key of
+        the weight factor (windows with equal normalised factors share it) and
+        the cut of the window's own factor.
+        """
+        s = self._starts_l[i][p]
+        e0, e1 = self._edges_l[i][c], self._edges_l[i][c + 1]
+        a = s if s > e0 else e0
+        b = s + self._sizes_l[i][p]
+        if e1 < b:
+            b = e1
+        lo, hi = a - s, b - s
+        ids = self._factor_ids[i]
+        part = (slice(lo, hi), slice(a - e0, b - e0), (ids[p], lo, hi), (p, lo, hi))
+        self._parts[i][(p, c)] = part
+        return part
+
+    def _window_parts(self, position: tuple[int, ...], cpos: tuple[int, ...]) -> list[_Part]:
+        if self._single is not None:  # one chunk: parts are planned per position
+            return [table[p] for table, p in zip(self._single_parts, position)]
+        out = []
+        for i, (table, p, c) in enumerate(zip(self._parts, position, cpos)):
+            part = table.get((p, c))
+            out.append(part if part is not None else self._axis_part(i, p, c))
+        return out
 
     def chunk_order(self) -> np.ndarray:
         """Window indices ordered so that chunks finish as early as possible.
@@ -258,13 +308,29 @@ class Aggregator:
             window = self._locate(result)
         else:
             window = self._check_window(window)
+        self.add_result(result, window)
+
+    def add_result(self, result: Any, window: Window) -> None:
+        """Add one result for a window of this very grid (internal: no window check)."""
         if self._added[window.index]:
             raise AggregationError(f"{window!r} was already added; each window is added once")
-        if self._meta is not None and type(result) is xr.DataArray:
+        lean = self._lean
+        if lean is not None and type(result) is lean[0]:
             # the layout is fixed: only the data matters (the fast, common case)
-            variables = {THIS: (result.dims, to_numpy(result.data))}
-            self.add_variables(window, variables, self._meta)
-            return
+            kind, dims = lean
+            if kind is np.ndarray:
+                data = result
+            else:
+                data = result.variable._data
+                if type(data) is not np.ndarray:
+                    data = to_numpy(result.data)
+            if kind is np.ndarray or result.dims == dims:
+                shape = self._expected.get(window.shape)
+                if shape is None:
+                    shape = self._expected_shape(window.shape)
+                if data.shape == shape:
+                    self._add_checked(window, {THIS: (dims, data)})
+                    return
         variables, meta = split(
             result,
             spatial=self.dims,
@@ -272,7 +338,19 @@ class Aggregator:
             output_dims=self.output_dims,
             what=What(window),
         )
+        first = self._meta is None
         self.add_variables(window, variables, meta)
+        if first and list(variables) == [THIS] and type(result) in (xr.DataArray, np.ndarray):
+            self._lean = (type(result), variables[THIS][0])
+
+    def _expected_shape(self, window_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of a (single-variable) result for windows of ``window_shape``."""
+        ((dims, other, _),) = self._spec.values()
+        sizes = dict(zip(self.dims, window_shape))
+        shape = self._expected[window_shape] = tuple(
+            sizes[d] if d in sizes else other[d] for d in dims
+        )
+        return shape
 
     def add_variables(
         self, window: Window, variables: Variables, meta: Meta, checked: bool = False
@@ -284,6 +362,9 @@ class Aggregator:
             what = What(window)
             spatial_check(variables, dict(zip(self.dims, window.shape)), what)
             self._check_spec(variables, meta, what)
+        self._add_checked(window, variables)
+
+    def _add_checked(self, window: Window, variables: Variables) -> None:
         touched = self._single if self._single is not None else list(self._touched(window.position))
         self._accumulate(window, variables, touched=touched)
         self._added[window.index] = True
@@ -300,9 +381,11 @@ class Aggregator:
     ) -> None:
         """Add the results of a batch of equally shaped windows, stacked along ``batch_dim``.
 
-        The layout is checked once, on the first window. With one chunk, built-in
-        weights and one variable, the rest go through a lean loop: one weighted add
-        per window into the output, with cached weights and a reused scratch array.
+        The layout is checked once, on the first window; the others only need
+        their place in the output. Where the batch allows it (one chunk, built-in
+        weights, one variable whose spatial dims come last, small patches inside
+        the array) the whole batch is added at once: windows that cannot overlap
+        are added together through a strided view of the output.
         """
         per = []
         for name, (dims, data) in variables.items():
@@ -312,56 +395,82 @@ class Aggregator:
             per.append((name, dims[:axis] + dims[axis + 1 :], data))
         self.add_variables(windows[0], {name: (d, data[0]) for name, d, data in per}, meta)
         rest = windows[1:]
-        if not rest:
-            return
-        name, dims, data = per[0]
-        lean = (
-            self._single is not None
-            and not self._custom
-            and len(per) == 1
-            and dims == self._spec[name][0]
-            and not self._finished[self._single[0]]
-        )
-        if not lean:
-            for i, window in enumerate(rest, 1):
-                one = {n: (d, arr[i]) for n, d, arr in per}
-                self.add_variables(window, one, meta, checked=True)
-            return
-        cpos = self._single[0]
-        buf = self._buffers[cpos][name]
-        axes = self._axes_of[name]
-        ndim = buf.ndim
-        plan = list(zip(self._starts_l, self._sizes_l, self._lengths_l, self._factor_ids, axes))
-        for i, window in enumerate(rest, 1):
+        for window in rest:
             if self._added[window.index]:
                 raise AggregationError(f"{window!r} was already added; each window is added once")
-            sl_src = [slice(None)] * ndim
-            sl_dst = [slice(None)] * ndim
-            wkey = []
-            cut = []
-            for (starts, sizes, length, ids, ax), p in zip(plan, window.position):
-                s = starts[p]
-                b = s + sizes[p]
-                a = s if s > 0 else 0
-                if b > length:
-                    b = length
-                sl_src[ax] = slice(a - s, b - s)
-                sl_dst[ax] = slice(a, b)
-                wkey.append((ids[p], a - s, b - s))
-                cut.append((p, a - s, b - s))
-            key = (name, tuple(wkey))
-            w = self._weight_cache.get(key)
-            if w is None:
-                w = self._weight(key, cut, axes, ndim, buf.dtype)
-            target = buf[tuple(sl_dst)]
-            scratch = self._scratch_for(target.shape, buf.dtype)
-            np.multiply(data[i][tuple(sl_src)], w, out=scratch, casting="unsafe")
-            target += scratch
-            self._added[window.index] = True
-        self._n_added += len(rest)
-        self._outstanding[cpos] -= len(rest)
+        if len(rest) > 1 and len(per) == 1 and self._add_at_once(rest, *per[0]):
+            return
+        for i, window in enumerate(rest, 1):
+            self._add_checked(window, {n: (d, arr[i]) for n, d, arr in per})
+
+    def _add_at_once(
+        self, windows: Sequence[Window], name: Hashable, dims: tuple[Hashable, ...], data: Any
+    ) -> bool:
+        """Vectorised add of ``data[1:]`` for ``windows``; False if the batch does not qualify."""
+        if self._single is None or self._custom or dims != self._spec[name][0]:
+            return False
+        cpos = self._single[0]
+        buf = self._buffers.get(cpos, {}).get(name)
+        axes = self._axes_of[name]
+        k = len(axes)
+        if buf is None or self._finished[cpos] or axes != list(range(buf.ndim - k, buf.ndim)):
+            return False
+        shape = windows[0].shape
+        if np.prod(shape) * buf.itemsize > BATCH_BYTES:
+            return False  # large patches: the per-window path shares them across threads
+        positions = np.array([w.position for w in windows])
+        starts = np.empty_like(positions)
+        code = np.zeros(len(windows), dtype=np.int64)
+        for i in range(k):
+            starts[:, i] = self._starts_a[i][positions[:, i]]
+            code = code * (len(self._factors[i]) + 1) + self._ids_a[i][positions[:, i]]
+        if (starts < 0).any() or (starts + np.array(shape) > self._lengths_a).any():
+            return False  # windows reaching past the array (pad border) are clipped
+        # windows inside the array whose normalised factors are equal share one weight
+        _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        contrib = np.empty((len(windows), *data.shape[1:]), dtype=buf.dtype)
+        for g, j in enumerate(first):
+            parts = self._window_parts(windows[j].position, cpos)
+            key = (name, *(pt[2] for pt in parts))
+            weights = self._weight_cache.get(key)
+            if weights is None:
+                weights = self._weights(key, [pt[3] for pt in parts], axes, buf)
+            if len(first) == 1:
+                np.multiply(data[1:], weights[0], out=contrib, casting="unsafe")
+                for w in weights[1:]:
+                    contrib *= w
+            else:
+                sel = np.flatnonzero(inverse == g)
+                part = data[sel + 1] * weights[0]
+                for w in weights[1:]:
+                    part *= w
+                contrib[sel] = part
+        view = np.lib.stride_tricks.sliding_window_view(buf, shape, axis=axes, writeable=True)
+        lead = buf.ndim - k
+        colour = np.zeros(len(windows), dtype=np.int64)
+        for i in range(k):
+            colour = colour * self._colours(i) + positions[:, i] % self._colours(i)
+        for c in np.unique(colour):
+            sel = np.flatnonzero(colour == c)
+            index = (*(slice(None),) * lead, *(starts[sel, i] for i in range(k)))
+            view[index] += np.moveaxis(contrib[sel], 0, lead)
+        self._added[[w.index for w in windows]] = True
+        self._n_added += len(windows)
+        self._outstanding[cpos] -= len(windows)
         if self._outstanding[cpos] == 0:
             self._finish(cpos)
+        return True
+
+    def _colours(self, i: int) -> int:
+        """Along axis ``i``, windows whose positions differ by a multiple of this never overlap."""
+        m = self._n_colours.get(i)
+        if m is None:
+            starts, sizes = np.asarray(self._starts_l[i]), np.asarray(self._sizes_l[i])
+            m = 1
+            while m < len(starts) and np.any(starts[m:] < starts[:-m] + sizes[:-m]):
+                m += 1
+            self._n_colours[i] = m
+        return m
 
     @property
     def chunk_grid(self) -> tuple[int, ...]:
@@ -460,6 +569,7 @@ class Aggregator:
                 other = {d: n for d, n in zip(dims, data.shape) if d not in self.dims}
                 self._spec[name] = (dims, other, data.dtype)
                 self._axes_of[name] = [dims.index(d) for d in self.dims]
+                self._plain[name] = tuple(dims) == tuple(self.dims)
             return
         if set(variables) != set(self._spec):
             raise ResultError(
@@ -500,32 +610,32 @@ class Aggregator:
         for cpos in touched:
             if self._finished[cpos]:
                 continue
-            src, dst, cut, wkey = [], [], [], []
-            for starts, sizes, edges, ids, p, c in zip(
-                self._starts_l, self._sizes_l, self._edges_l, self._factor_ids, position, cpos
-            ):
-                s = starts[p]
-                e0 = edges[c]
-                a = s if s > e0 else e0
-                b = s + sizes[p]
-                e1 = edges[c + 1]
-                if e1 < b:
-                    b = e1
-                src.append(slice(a - s, b - s))
-                dst.append(slice(a - e0, b - e0))
-                cut.append((p, a - s, b - s))
-                wkey.append((ids[p], a - s, b - s))
-            wkey_t = tuple(wkey)
+            parts = self._window_parts(position, cpos)
+            if not custom and len(variables) == 1:
+                ((name, (dims, data)),) = variables.items()
+                if self._plain[name] and dims == self.dims and cpos in self._buffers:
+                    # the common case: one plain variable into an open chunk
+                    buf = self._buffers[cpos][name]
+                    wkey = (name, *[pt[2] for pt in parts])
+                    weights = self._weight_cache.get(wkey)
+                    if weights is None:
+                        weights = self._weights(
+                            wkey, [pt[3] for pt in parts], self._axes_of[name], buf
+                        )
+                    src = tuple([pt[0] for pt in parts])
+                    dst = tuple([pt[1] for pt in parts])
+                    self._blend(buf[dst], data[src], weights)
+                    continue
             buffers = self._buffers.get(cpos)
             if buffers is None:
                 buffers = self._buffers[cpos] = self._new_buffers(cpos)
             if custom:
                 assert full_w is not None
-                w_sp = full_w[tuple(src)]
+                w_sp = full_w[tuple(pt[0] for pt in parts)]
                 if cpos not in self._wmaps:
                     dtype = accumulation_dtype(next(iter(self._spec.values()))[2])
                     self._wmaps[cpos] = np.zeros(self._chunk_shape(cpos), dtype=dtype)
-                self._wmaps[cpos][tuple(dst)] += w_sp
+                self._wmaps[cpos][tuple(pt[1] for pt in parts)] += w_sp
             for name, (dims, data) in variables.items():
                 buf = buffers[name]
                 out_dims = self._spec[name][0]
@@ -535,55 +645,67 @@ class Aggregator:
                     )
                 axes = self._axes_of[name]
                 if custom:
-                    w = _place(w_sp, axes, buf.ndim).astype(buf.dtype, copy=False)
+                    weights = [_place(w_sp, axes, buf.ndim)]
                 else:
-                    w = self._weight_cache.get((name, wkey_t))
-                    if w is None:
-                        w = self._weight((name, wkey_t), cut, axes, buf.ndim, buf.dtype)
-                sl_src = [slice(None)] * buf.ndim
-                sl_dst = [slice(None)] * buf.ndim
-                for k, ax in enumerate(axes):
-                    sl_src[ax] = src[k]
-                    sl_dst[ax] = dst[k]
-                target = buf[tuple(sl_dst)]
-                part = data[tuple(sl_src)]
-                scratch = self._scratch_for(target.shape, buf.dtype)
-                np.multiply(part, w, out=scratch, casting="unsafe")
-                target += scratch
+                    wkey = (name, *(pt[2] for pt in parts))
+                    weights = self._weight_cache.get(wkey)
+                    if weights is None:
+                        weights = self._weights(wkey, [pt[3] for pt in parts], axes, buf)
+                if self._plain[name]:  # the buffer holds the spatial dims only, in order
+                    sl_src = tuple(pt[0] for pt in parts)
+                    sl_dst = tuple(pt[1] for pt in parts)
+                else:
+                    src = [slice(None)] * buf.ndim
+                    dst = [slice(None)] * buf.ndim
+                    for ax, pt in zip(axes, parts):
+                        src[ax] = pt[0]
+                        dst[ax] = pt[1]
+                    sl_src, sl_dst = tuple(src), tuple(dst)
+                self._blend(buf[sl_dst], data[sl_src], weights)
 
-    def _weight(
+    def _weights(
         self,
         key: Any,
         cut: Sequence[tuple[int, int, int]],
         axes: Sequence[int],
-        ndim: int,
-        dtype: np.dtype,
-    ) -> np.ndarray:
-        """The final weight of a patch's part: a product of normalised 1-D factors, cached.
+        buf: np.ndarray,
+    ) -> list[np.ndarray]:
+        """The final weight of a patch's part, as arrays whose product is the weight.
 
-        Windows whose normalised factors are equal (all interior windows of a
-        regular grid) share one cached N-D weight.
+        The weight is a product of normalised 1-D factors. Windows whose factors
+        are equal (all interior windows of a regular grid) share one cached
+        N-D weight. A weight too large to cache next to the output (a few
+        percent of it) is given as its outermost factor times the (cached)
+        product of the others, which the blender multiplies in turn.
         """
         facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
-        w = _outer(facs, axes, ndim, dtype)
-        # keep the cache small next to the output: a few patch-sized arrays at most
-        budget = max(w.nbytes, self._buffer_bytes // 32)
-        while self._weight_cache and self._cache_bytes + w.nbytes > budget:
-            old = self._weight_cache.pop(next(iter(self._weight_cache)))
-            self._cache_bytes -= old.nbytes
-        self._weight_cache[key] = w
-        self._cache_bytes += w.nbytes
-        return w
+        dtype = buf.dtype
+        budget = self._buffer_bytes // 16
+        nbytes = int(np.prod([len(f) for f in facs])) * dtype.itemsize
+        if len(facs) > 1 and nbytes * 8 > budget:
+            outer = int(np.argmin(axes))
+            first = _outer([facs[outer]], [axes[outer]], buf.ndim, dtype)
+            rest_key = (key[0], *(k for i, k in enumerate(key[1:]) if i != outer), outer)
+            rest = self._weight_cache.get(rest_key)
+            if rest is None:
+                others = [i for i in range(len(facs)) if i != outer]
+                rest = self._cache(
+                    rest_key,
+                    [_outer([facs[i] for i in others], [axes[i] for i in others], buf.ndim, dtype)],
+                    budget,
+                )
+            return [first, *rest]
+        return self._cache(key, [_outer(facs, axes, buf.ndim, dtype)], budget)
 
-    def _scratch_for(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A reused temporary for ``result * weight`` (no fresh allocation per patch)."""
-        key = (shape, dtype)
-        scratch = self._scratch.get(key)
-        if scratch is None:
-            if len(self._scratch) >= 4:
-                self._scratch.clear()
-            scratch = self._scratch[key] = np.empty(shape, dtype=dtype)
-        return scratch
+    def _cache(self, key: Any, weights: list[np.ndarray], budget: int) -> list[np.ndarray]:
+        """Keep ``weights`` for reuse, evicting the oldest beyond ``budget`` bytes."""
+        nbytes = sum(w.nbytes for w in weights)
+        while self._weight_cache and self._cache_bytes + nbytes > max(budget, nbytes):
+            old = self._weight_cache.pop(next(iter(self._weight_cache)))
+            self._cache_bytes -= sum(w.nbytes for w in old)
+        self._weight_cache[key] = weights
+        self._cache_bytes += nbytes
+        return weights
 
     def _chunk_shape(self, cpos: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(int(e[c + 1] - e[c]) for e, c in zip(self._edges, cpos))
@@ -610,7 +732,7 @@ class Aggregator:
         twin._sink = _Capture()
         twin._weight_cache = {}
         twin._cache_bytes = 0
-        twin._scratch = {}
+        twin._blend = Blender(threads=1)  # dask runs blocks in parallel already
         return twin
 
     def region_template(self, cpos: tuple[int, ...]) -> xr.Dataset:

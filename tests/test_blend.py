@@ -1,0 +1,118 @@
+"""The blending kernel: threads over blocks of large patches, whole-batch adds of small ones.
+
+Every path is checked against the brute-force reference (float32 accumulation,
+so to float32 rounding) or against the plain per-window path.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import xarray as xr
+from reference import builtin_weights, reference
+
+import xpatch  # noqa: F401
+from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender
+
+
+def _ref(a, axes, size, step, border="squeeze", weights="gaussian", f=None):
+    f = f or (lambda p, starts: p * 2.0)
+    return reference(a, axes, size, step, border, builtin_weights(weights), f)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_blender_equals_one_multiply_add(threads):
+    rng = np.random.default_rng(0)
+    # 3 x 100 x 1200 float32: 1.4 MB, cut into blocks along the second axis
+    target = rng.random((3, 100, 1200), dtype=np.float32)
+    part = rng.random((3, 100, 1200), dtype=np.float32)
+    w0 = rng.random((1, 100, 1), dtype=np.float32)
+    w1 = rng.random((1, 1, 1200), dtype=np.float32)
+    expected = target + part * (w0 * w1)
+    Blender(threads)(target, part, [w0, w1])
+    np.testing.assert_allclose(target, expected, rtol=1e-6)
+
+
+def test_blender_threads_share_a_large_patch():
+    """A patch above the threshold is blended on more than one thread."""
+    seen = set()
+
+    class Spy(np.ndarray):  # records the thread of each block's multiply
+        def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+            seen.add(threading.get_ident())
+            inputs = tuple(np.asarray(x) for x in inputs)
+            return getattr(ufunc, method)(*inputs, **kwargs)
+
+    n = THREAD_BYTES // 4 // 64 + 64
+    target = np.zeros((n, 64), dtype=np.float32)
+    part = np.ones((n, 64), dtype=np.float32).view(Spy)
+    Blender(2)(target, part, [np.full((n, 1), 0.5, dtype=np.float32)])
+    assert (target == 0.5).all()
+    assert len(seen) == 2
+    assert target.nbytes > BLOCK_BYTES
+
+
+def test_blender_error_in_a_thread_reaches_the_caller():
+    target = np.zeros((THREAD_BYTES // 4 // 8 + 64, 8), dtype=np.float32)
+    part = np.ones_like(target)
+    bad = np.ones((3, 8), dtype=np.float32)  # does not broadcast against the blocks
+    with pytest.raises(ValueError):
+        Blender(2)(target, part, [bad])
+
+
+@pytest.mark.parametrize("weights", ["gaussian", "mean", "hann"])
+@pytest.mark.parametrize("border", ["squeeze", "edge", "pad"])
+def test_large_3d_patches_over_threads_match_reference(weights, border):
+    """96^3-ish float32 patches (several MB each): block split and threads."""
+    rng = np.random.default_rng(1)
+    a = rng.random((2, 100, 90, 110), dtype=np.float32)
+    da = xr.DataArray(a, dims=("band", "z", "y", "x"))
+    out = da.patch.apply(
+        lambda p: p * 2.0, z=64, y=60, x=72, step=40, border=border, weights=weights
+    )
+    ref = _ref(a.astype(np.float64), [1, 2, 3], [64, 60, 72], [40, 40, 40], border, weights)
+    np.testing.assert_allclose(out.values, ref, rtol=2e-6, atol=2e-6)
+
+
+def test_large_patches_with_chunks_match_reference():
+    rng = np.random.default_rng(2)
+    a = rng.random((160, 150, 140), dtype=np.float32)
+    da = xr.DataArray(a, dims=("z", "y", "x"))
+    kw = dict(z=96, y=96, x=96, step=32, weights="gaussian")
+    out = da.patch.apply(lambda p: p * 2.0, chunks=100, **kw)
+    ref = _ref(a.astype(np.float64), [0, 1, 2], [96] * 3, [32] * 3)
+    np.testing.assert_allclose(out.values, ref, rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("layout", ["yx", "cyx", "ycx"])
+@pytest.mark.parametrize("border", ["squeeze", "adaptive", "pad", "crop"])
+def test_whole_batch_add_equals_per_window_add(layout, border):
+    """Small patches are added a batch at a time; the result is the per-window one."""
+    rng = np.random.default_rng(3)
+    shape = {"y": 70, "x": 83, "c": 3}
+    dims = tuple({"yx": "yx", "cyx": "cyx", "ycx": "ycx"}[layout])
+    da = xr.DataArray(rng.random([shape[d] for d in dims], dtype=np.float32), dims=dims)
+    kw = dict(y=16, x=12, step={"y": 5, "x": 7}, border=border, weights="gaussian")
+    one = da.patch.apply(lambda p: p * 3 - 1, **kw)
+    batched = da.patch.apply(lambda b: b * 3 - 1, batch_size=37, **kw)
+    np.testing.assert_allclose(batched.values, one.values, rtol=1e-6, atol=1e-6)
+
+
+def test_whole_batch_add_changes_non_spatial_dims():
+    """A batched model that turns 1 band into 4 classes: strided adds with a class dim."""
+    rng = np.random.default_rng(4)
+    da = xr.DataArray(rng.random((64, 64), dtype=np.float32), dims=("y", "x"))
+
+    def model(b):
+        return xr.concat([b * k for k in range(4)], dim="class").transpose("patch", "class", ...)
+
+    kw = dict(y=8, x=8, step=3, weights="hann")
+    out = da.patch.apply(model, batch_size=50, **kw)
+    ref = _ref(
+        da.values.astype(np.float64), [0, 1], [8, 8], [3, 3], "squeeze", "hann", lambda p, s: p
+    )
+    assert out.dims == ("class", "y", "x")
+    for k in range(4):
+        np.testing.assert_allclose(out.isel({"class": k}).values, k * ref, rtol=1e-5, atol=1e-6)
