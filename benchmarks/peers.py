@@ -109,7 +109,7 @@ WORKLOADS: dict[str, dict] = {
 PEERS: dict[str, tuple[str, ...] | None] = {
     "xpatch": None,
     "xpatch[batch=256]": ("W5",),
-    "xpatch[chunks=96]": ("W4",),
+    "xpatch[chunks=48]": ("W4",),
     "numpy": None,
     "patchly": None,
     "tiler": None,
@@ -452,8 +452,8 @@ def make_runner(peer: str, img: np.ndarray, wl: dict, counter: type[Counter]):
         return run_xpatch(img, wl, counter)
     if peer == "xpatch[batch=256]":
         return run_xpatch(img, wl, counter, batch_size=256)
-    if peer == "xpatch[chunks=96]":
-        return run_xpatch(img, wl, counter, chunks=96)
+    if peer == "xpatch[chunks=48]":
+        return run_xpatch(img, wl, counter, chunks=48)
     if peer == "numpy":
         return run_numpy(img, wl, counter)
     if peer == "floor":
@@ -930,6 +930,26 @@ def report(results, workloads, peers, args, bandwidth, wall) -> tuple[str, list[
                 findings.append(f"{wl_name}: {peer} max error {r['err']:.2g}")
             if classes and r["err"] > 0:
                 findings.append(f"{wl_name}: {peer} label mismatch {r['err']:.2%}")
+        chunked = res.get("xpatch[chunks=48]")
+        others = [
+            (r["work"], peer)
+            for peer, r in res.items()
+            if base(peer) != "xpatch" and peer != "floor" and r and "work" in r
+        ]
+        if chunked and "work" in chunked and others:
+            low, low_peer = min(others)
+            ratio = chunked["work"] / low
+            md.append("")
+            md.append(
+                f"- xpatch[chunks=48]: working memory {fmt_mb(chunked['work'])} MB,"
+                f" {ratio:.2f}x that of the leanest peer ({low_peer}, {fmt_mb(low)} MB)"
+                " (target: far below every peer)."
+            )
+            if ratio > 0.75:
+                findings.append(
+                    f"{wl_name}: xpatch[chunks=48] working memory is {ratio:.2f}x that of"
+                    f" {low_peer}; target: far below every peer"
+                )
         npy = res.get("numpy")
         if wl_name == "W5" and npy and "error" not in npy and "skipped" not in npy:
             md.append("")

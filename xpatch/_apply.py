@@ -128,6 +128,7 @@ def run(
             for window in windows:
                 result = _call(func, sampler(window), window)
                 agg.add_result(result, window)
+                del result  # not alive while func makes the next one
                 if bar is not None:
                     bar.update(1)
             return agg
@@ -142,6 +143,7 @@ def run(
                 result, len(group), batch_dim, default, output_dims, where
             )
             agg.add_batch(group, variables, meta, batch_dim)
+            del batch, result, variables  # not alive while func makes the next one
             if bar is not None:
                 bar.update(len(group))
     finally:

@@ -55,7 +55,7 @@ def default_fill(dtype: np.dtype) -> Any:
 def chunk_sizes(
     chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
 ) -> dict[Hashable, int]:
-    """Validate ``chunks``: one chunk length per spatial dim, at least the patch size."""
+    """Validate ``chunks``: one positive chunk length per spatial dim (at most the dim's length)."""
     if chunks is None:
         return dict(grid.lengths)
     if isinstance(chunks, Mapping):
@@ -71,13 +71,9 @@ def chunk_sizes(
         raise GridError(f"chunks must be an int or a mapping dim -> int, got {chunks!r}")
     out = {}
     for d in grid.dims:
-        c = positive_int(raw[d], "chunks", d)
-        c = min(c, grid.lengths[d])
-        if c < min(grid.size[d], grid.lengths[d]):
-            raise GridError(
-                f"chunks for dim {d!r} is {raw[d]}, smaller than the patch size {grid.size[d]}"
-            )
-        out[d] = c
+        # a chunk may be smaller than the patch (a patch then feeds several chunks):
+        # with patches large next to the array, only small chunks bound the memory
+        out[d] = min(positive_int(raw[d], "chunks", d), grid.lengths[d])
     return out
 
 

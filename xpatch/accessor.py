@@ -231,9 +231,10 @@ class PatchAccessor:
             Dims of a bare-array result (with ``batch_dim`` when batching);
             default: the patch's dims.
         chunks : int or mapping of hashable to int, optional
-            Aggregation regions per spatial dim (each at least the patch size).
-            A chunk is finished, passed to ``on_chunk`` and written as soon as its
-            last patch is added.
+            Aggregation regions per spatial dim. A chunk is finished, passed to
+            ``on_chunk`` and written as soon as its last patch is added. Chunks
+            may be smaller than the patch (a patch then feeds several chunks):
+            with patches large next to the array, that is what bounds memory.
         on_chunk : callable, optional
             Called once per finished chunk with the normalised chunk (labeled);
             what it returns is written instead (e.g. ``lambda c: c.argmax("class")``).

@@ -428,32 +428,30 @@ class Aggregator:
             return False  # windows reaching past the array (pad border) are clipped
         # windows inside the array whose normalised factors are equal share one weight
         _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
-        contrib = np.empty((len(windows), *data.shape[1:]), dtype=buf.dtype)
-        for g, j in enumerate(first):
+        distinct = []
+        for j in first:
             parts = self._window_parts(windows[j].position, cpos)
             key = (name, *(pt[2] for pt in parts))
             weights = self._weight_cache.get(key)
             if weights is None:
                 weights = self._weights(key, [pt[3] for pt in parts], axes, buf)
-            if len(first) == 1:
-                np.multiply(data[1:], weights[0], out=contrib, casting="unsafe")
-                for w in weights[1:]:
-                    contrib *= w
-            else:
-                sel = np.flatnonzero(inverse == g)
-                part = data[sel + 1] * weights[0]
-                for w in weights[1:]:
-                    part *= w
-                contrib[sel] = part
+            distinct.append(
+                weights[0] if len(weights) == 1 else np.prod(np.broadcast_arrays(*weights), axis=0)
+            )
+        stacked = np.stack(distinct) if len(distinct) > 1 else None
         view = np.lib.stride_tricks.sliding_window_view(buf, shape, axis=axes, writeable=True)
         lead = buf.ndim - k
         colour = np.zeros(len(windows), dtype=np.int64)
         for i in range(k):
             colour = colour * self._colours(i) + positions[:, i] % self._colours(i)
+        # one vectorised add per group of windows that cannot overlap (temporaries of a
+        # group's size only)
         for c in np.unique(colour):
             sel = np.flatnonzero(colour == c)
+            w = distinct[0] if stacked is None else stacked[inverse[sel]]
+            contrib = np.multiply(data[sel + 1], w, dtype=buf.dtype, casting="unsafe")
             index = (*(slice(None),) * lead, *(starts[sel, i] for i in range(k)))
-            view[index] += np.moveaxis(contrib[sel], 0, lead)
+            view[index] += np.moveaxis(contrib, 0, lead)
         self._added[[w.index for w in windows]] = True
         self._n_added += len(windows)
         self._outstanding[cpos] -= len(windows)
@@ -680,9 +678,9 @@ class Aggregator:
         """
         facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
         dtype = buf.dtype
-        budget = self._buffer_bytes // 16
+        budget = self._buffer_bytes // 32
         nbytes = int(np.prod([len(f) for f in facs])) * dtype.itemsize
-        if len(facs) > 1 and nbytes * 8 > budget:
+        if len(facs) > 1 and nbytes * 4 > budget:
             outer = int(np.argmin(axes))
             first = _outer([facs[outer]], [axes[outer]], buf.ndim, dtype)
             rest_key = (key[0], *(k for i, k in enumerate(key[1:]) if i != outer), outer)
