@@ -185,7 +185,8 @@ class _FastCutter:
                 self.along[coord.dims[0]].append(name)
             else:
                 self.multi.append(name)
-        self.fixed_indexes = {k: v for k, v in obj.xindexes.items() if k in self.fixed}
+        self.indexes = dict(obj.xindexes.items())
+        self.fixed_indexes = {k: v for k, v in self.indexes.items() if k in self.fixed}
         self.cache: dict[tuple[Hashable, int, int], tuple[dict[Hashable, Any], ...]] = {}
         # spatial axes in the order of the data's dims, and the full-slice key to fill
         self.order = [(i, d, self.dims.index(d)) for i, d in enumerate(grid.dims)]
@@ -220,9 +221,7 @@ class _FastCutter:
         if hit is None:
             coords = {name: self.obj.coords[name].variable[s] for name in self.along[dim]}
             indexes = {
-                name: idx.isel({dim: s})
-                for name, idx in self.obj.xindexes.items()
-                if name in coords
+                name: idx.isel({dim: s}) for name, idx in self.indexes.items() if name in coords
             }
             hit = (coords, indexes)
             if len(self.cache) > 4096:
@@ -256,21 +255,38 @@ class _FastCutter:
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
         data = self.data[tuple(key)]
         attrs = dict(self.obj.attrs)
-        if self.lean:
-            variable = object.__new__(xr.Variable)
-            variable._dims = self.dims
-            variable._data = data
-            variable._attrs = attrs
-            variable._encoding = None
-        else:  # pragma: no cover - a future xarray with other Variable internals
+        if not self.lean:  # pragma: no cover - a future xarray with other internals
             variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)
-        return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
+            return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
+        # what Variable(..., fastpath=True) and DataArray._construct_direct store,
+        # without their per-call checks (the source's dims, data and labels are valid)
+        variable = _new(xr.Variable)
+        _set(variable, "_dims", self.dims)
+        _set(variable, "_data", data)
+        _set(variable, "_attrs", attrs)
+        _set(variable, "_encoding", None)
+        out = _new(xr.DataArray)
+        _set(out, "_variable", variable)
+        _set(out, "_coords", coords)
+        _set(out, "_name", self.obj.name)
+        _set(out, "_indexes", indexes)
+        _set(out, "_close", None)
+        return out
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _slots(cls: type) -> set[str]:
+    return {s for c in cls.__mro__ for s in c.__dict__.get("__slots__", ())}
 
 
 def _lean_variables() -> bool:
-    """True if a Variable is exactly its four slots (so it can be built without checks)."""
-    slots = {s for cls in xr.Variable.__mro__ for s in cls.__dict__.get("__slots__", ())}
-    return slots == {"_dims", "_data", "_attrs", "_encoding"}
+    """True if Variable and DataArray hold exactly the slots the direct build fills."""
+    return _slots(xr.Variable) == {"_dims", "_data", "_attrs", "_encoding"} and _slots(
+        xr.DataArray
+    ) == {"__weakref__", "_cache", "_close", "_coords", "_indexes", "_name", "_variable"}
 
 
 def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:

@@ -151,6 +151,7 @@ class Aggregator:
         self._axes_of: dict[Hashable, list[int]] = {}
         self._plain: dict[Hashable, bool] = {}
         self._lean: tuple[type, tuple[Hashable, ...]] | None = None
+        self._single_plain = False
         self._expected: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._n_colours: dict[int, int] = {}
         self._meta: Meta | None = None
@@ -329,7 +330,10 @@ class Aggregator:
                 if shape is None:
                     shape = self._expected_shape(window.shape)
                 if data.shape == shape:
-                    self._add_checked(window, {THIS: (dims, data)})
+                    if self._single_plain and not self._finished[self._single[0]]:
+                        self._add_single(window, data)
+                    else:
+                        self._add_checked(window, {THIS: (dims, data)})
                     return
         variables, meta = split(
             result,
@@ -342,6 +346,27 @@ class Aggregator:
         self.add_variables(window, variables, meta)
         if first and list(variables) == [THIS] and type(result) in (xr.DataArray, np.ndarray):
             self._lean = (type(result), variables[THIS][0])
+            self._single_plain = (
+                self._single is not None and not self._custom and variables[THIS][0] == self.dims
+            )
+
+    def _add_single(self, window: Window, data: np.ndarray) -> None:
+        """One result holding only the spatial dims into the single chunk (the hot path)."""
+        cpos = self._single[0]  # type: ignore[index]
+        buf = self._buffers[cpos][THIS]
+        parts = [table[p] for table, p in zip(self._single_parts, window.position)]
+        wkey = (THIS, *[pt[2] for pt in parts])
+        weights = self._weight_cache.get(wkey)
+        if weights is None:
+            weights = self._weights(wkey, [pt[3] for pt in parts], self._axes_of[THIS], buf)
+        self._blend(
+            buf[tuple([pt[1] for pt in parts])], data[tuple([pt[0] for pt in parts])], weights
+        )
+        self._added[window.index] = True
+        self._n_added += 1
+        self._outstanding[cpos] -= 1
+        if self._outstanding[cpos] == 0:
+            self._finish(cpos)
 
     def _expected_shape(self, window_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of a (single-variable) result for windows of ``window_shape``."""
