@@ -116,3 +116,19 @@ def test_whole_batch_add_changes_non_spatial_dims():
     assert out.dims == ("class", "y", "x")
     for k in range(4):
         np.testing.assert_allclose(out.isel({"class": k}).values, k * ref, rtol=1e-5, atol=1e-6)
+
+
+def test_model_that_reuses_its_output_buffer_is_safe():
+    """Blending (on several threads) ends before func is called again."""
+    rng = np.random.default_rng(5)
+    a = rng.random((130, 120, 110), dtype=np.float32)
+    da = xr.DataArray(a, dims=("z", "y", "x"))
+    buffer = np.empty((96, 96, 96), dtype=np.float32)
+
+    def model(p):  # writes every answer into the same array
+        np.multiply(p.values, 2.0, out=buffer)
+        return buffer
+
+    out = da.patch.apply(model, z=96, y=96, x=96, step=24, output_dims=("z", "y", "x"))
+    ref = _ref(a.astype(np.float64), [0, 1, 2], [96] * 3, [24] * 3)
+    np.testing.assert_allclose(out.values, ref, rtol=2e-6, atol=2e-6)
