@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+from array import array
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -145,20 +146,20 @@ class Aggregator:
         self._plan_weights()
         self._plan_chunks()
         self._sink = sink if sink is not None else _MemorySink(grid.lengths)
-        self._added = np.zeros(len(grid), dtype=bool)
         self._n_added = 0
         self._spec: dict[Hashable, tuple[tuple[Hashable, ...], dict[Hashable, int], np.dtype]] = {}
         self._axes_of: dict[Hashable, list[int]] = {}
         self._plain: dict[Hashable, bool] = {}
         self._lean: tuple[type, tuple[Hashable, ...]] | None = None
         self._single_plain = False
+        self._uniform: tuple[int, ...] | None = None
         self._expected: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._n_colours: dict[int, int] = {}
         self._meta: Meta | None = None
         self._out_meta: Meta | None = None
         self._buffers: dict[tuple[int, ...], dict[Hashable, np.ndarray]] = {}
         self._wmaps: dict[tuple[int, ...], np.ndarray] = {}
-        self._finished = np.zeros(self._outstanding.shape, dtype=bool)
+        self._set_flags(np.zeros(len(grid), dtype=bool), np.zeros(self._outstanding.shape, bool))
 
     # --- planning ------------------------------------------------------------
     def _plan_weights(self) -> None:
@@ -217,7 +218,12 @@ class Aggregator:
         outstanding = np.ones((), dtype=np.int64)
         for cnt in counts:
             outstanding = np.multiply.outer(outstanding, cnt)
-        self._outstanding = outstanding
+        # numpy views of plain buffers: the per-patch hot path reads and writes them
+        # with cheap Python indexing, everything else with numpy
+        self._outstanding_a = array("q", outstanding.ravel().tolist())
+        self._outstanding = np.frombuffer(self._outstanding_a, dtype=np.int64).reshape(
+            outstanding.shape
+        )
         # with a single chunk every window touches chunk (0, ..., 0)
         self._single = [(0,) * len(counts)] if outstanding.size == 1 else None
         # plain-int copies for the per-patch hot path
@@ -268,6 +274,13 @@ class Aggregator:
             out.append(part if part is not None else self._axis_part(i, p, c))
         return out
 
+    def _set_flags(self, added: np.ndarray, finished: np.ndarray) -> None:
+        """Which windows were added and which chunks finished (numpy views of bytearrays)."""
+        self._added_b = bytearray(added.astype(bool).tobytes())
+        self._added = np.frombuffer(self._added_b, dtype=bool)
+        self._finished_b = bytearray(finished.astype(bool).tobytes())
+        self._finished = np.frombuffer(self._finished_b, dtype=bool).reshape(finished.shape)
+
     def chunk_order(self) -> np.ndarray:
         """Window indices ordered so that chunks finish as early as possible.
 
@@ -313,7 +326,7 @@ class Aggregator:
 
     def add_result(self, result: Any, window: Window) -> None:
         """Add one result for a window of this very grid (internal: no window check)."""
-        if self._added[window.index]:
+        if self._added_b[window.index]:
             raise AggregationError(f"{window!r} was already added; each window is added once")
         lean = self._lean
         if lean is not None and type(result) is lean[0]:
@@ -326,11 +339,13 @@ class Aggregator:
                 if type(data) is not np.ndarray:
                     data = to_numpy(result.data)
             if kind is np.ndarray or result.dims == dims:
-                shape = self._expected.get(window.shape)
+                shape = self._uniform
                 if shape is None:
-                    shape = self._expected_shape(window.shape)
+                    shape = self._expected.get(window.shape)
+                    if shape is None:
+                        shape = self._expected_shape(window.shape)
                 if data.shape == shape:
-                    if self._single_plain and not self._finished[self._single[0]]:
+                    if self._single_plain and not self._finished_b[0]:
                         self._add_single(window, data)
                     else:
                         self._add_checked(window, {THIS: (dims, data)})
@@ -349,6 +364,8 @@ class Aggregator:
             self._single_plain = (
                 self._single is not None and not self._custom and variables[THIS][0] == self.dims
             )
+            if all(len(set(sizes)) == 1 for sizes in self._sizes_l):  # one patch shape
+                self._uniform = self._expected_shape(window.shape)
 
     def _add_single(self, window: Window, data: np.ndarray) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -362,10 +379,11 @@ class Aggregator:
         self._blend(
             buf[tuple([pt[1] for pt in parts])], data[tuple([pt[0] for pt in parts])], weights
         )
-        self._added[window.index] = True
+        self._added_b[window.index] = 1
         self._n_added += 1
-        self._outstanding[cpos] -= 1
-        if self._outstanding[cpos] == 0:
+        left = self._outstanding_a[0] - 1  # the single chunk
+        self._outstanding_a[0] = left
+        if not left:
             self._finish(cpos)
 
     def _expected_shape(self, window_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -750,8 +768,7 @@ class Aggregator:
         twin = copy.copy(self)
         twin._buffers = {}
         twin._wmaps = {}
-        twin._finished = np.zeros(self._outstanding.shape, dtype=bool)
-        twin._added = self._added.copy()
+        twin._set_flags(self._added, np.zeros(self._outstanding.shape, dtype=bool))
         twin._sink = _Capture()
         twin._weight_cache = {}
         twin._cache_bytes = 0

@@ -291,8 +291,9 @@ class PatchGrid(Sequence[Window]):
     def __iter__(self) -> Iterator[Window]:
         dims = self.dims
         ranges = [range(c) for c in self._counts]
+        per_axis = self._slices
         for index, position in enumerate(itertools.product(*ranges)):
-            slices = tuple(s[p] for s, p in zip(self._slices, position))
+            slices = tuple([s[p] for s, p in zip(per_axis, position)])
             yield Window(dims, slices, index, position)
 
     def _window(self, index: int, position: tuple[int, ...]) -> Window:
