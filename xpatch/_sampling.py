@@ -192,6 +192,7 @@ class _FastCutter:
         self.order = [(i, d, self.dims.index(d)) for i, d in enumerate(grid.dims)]
         self.key0 = [slice(None)] * len(self.dims)
         self.lean = _lean_variables()
+        self.attrs = dict(obj.attrs)
 
     @classmethod
     def make(cls, obj: Any, grid: PatchGrid) -> _FastCutter | None:
@@ -254,7 +255,7 @@ class _FastCutter:
                 var = self.obj.coords[name].variable
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
         data = self.data[tuple(key)]
-        attrs = dict(self.obj.attrs)
+        attrs = self.attrs.copy()
         if not self.lean:  # pragma: no cover - a future xarray with other internals
             variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)
             return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
