@@ -13,6 +13,7 @@ blended on every core without any full-size temporary.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from collections.abc import Sequence
@@ -86,15 +87,17 @@ class Blender:
             return
         axis = _split_axis(target.shape)
         n = target.shape[axis]
-        inner = target.nbytes // n
-        rows = max(1, BLOCK_BYTES // max(inner, 1))
-        blocks = [(a, min(a + rows, n)) for a in range(0, n, rows)]
-        workers = min(self.threads, len(blocks)) if target.nbytes >= THREAD_BYTES else 1
+        rows = max(1, BLOCK_BYTES // max(target.nbytes // n, 1))
+        workers = min(self.threads, n) if target.nbytes >= THREAD_BYTES else 1
+        # equal contiguous shares of the rows, each walked in blocks of ~BLOCK_BYTES
+        edges = [n * k // workers for k in range(workers + 1)]
+        share = [
+            [(a, min(a + rows, stop)) for a in range(start, stop, rows)]
+            for start, stop in itertools.pairwise(edges)
+        ]
         if workers == 1:
-            for a, b in blocks:
-                self._block(0, target, part, weights, axis, a, b)
+            self._blocks(0, share[0], target, part, weights, axis)
             return
-        share = [blocks[k::workers] for k in range(workers)]
         pool = _executor(self.threads - 1)
         futures = [
             pool.submit(self._blocks, k, share[k], target, part, weights, axis)
