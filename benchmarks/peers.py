@@ -14,7 +14,7 @@ Python process, and prints (and writes to ``docs/benchmarks.md``) a table of
 
 Usage (from the repository root)::
 
-    python benchmarks/peers.py                       # full run, 3 repeats, median
+    python benchmarks/peers.py                       # full run, 5 repeats, median
     python benchmarks/peers.py --quick               # small sizes, 1 repeat
     python benchmarks/peers.py --only W1,W3 --peers xpatch,numpy
     python benchmarks/peers.py --profile W1,W5       # cProfile of xpatch (top 15)
@@ -805,7 +805,7 @@ def report(results, workloads, peers, args, bandwidth, wall) -> tuple[str, list[
         + (" --quick" if args.quick else "")
         + (f" --only {args.only}" if args.only else "")
         + (f" --peers {args.peers}" if args.peers else "")
-        + (f" --repeats {args.repeats}" if args.repeats != (1 if args.quick else 3) else "")
+        + (f" --repeats {args.repeats}" if args.repeats != (1 if args.quick else 5) else "")
         + (" --cold" if args.cold else "")
         + (" --spawn" if args.spawn else "")
     )
@@ -1100,7 +1100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
     ap.add_argument("--only", help="comma-separated workloads, e.g. W1,W3")
     ap.add_argument("--peers", help="comma-separated peers, e.g. xpatch,numpy")
-    ap.add_argument("--repeats", type=int, help="fresh processes per pair (default 3, quick 1)")
+    ap.add_argument("--repeats", type=int, help="fresh processes per pair (default 5, quick 1)")
     ap.add_argument("--timeout", type=float, default=300, help="seconds per child run")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown report to (re)write")
     ap.add_argument("--json", help="also write the summarised results as JSON")
@@ -1122,7 +1122,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 3
+        args.repeats = 1 if args.quick else 5
     if args.zygote:
         return zygote(args.zygote)
     if args.bandwidth:

@@ -132,3 +132,16 @@ def test_model_that_reuses_its_output_buffer_is_safe():
     out = da.patch.apply(model, z=96, y=96, x=96, step=24, output_dims=("z", "y", "x"))
     ref = _ref(a.astype(np.float64), [0, 1, 2], [96] * 3, [24] * 3)
     np.testing.assert_allclose(out.values, ref, rtol=2e-6, atol=2e-6)
+
+
+def test_thread_count_from_the_environment(monkeypatch):
+    from xpatch._blend import default_threads
+
+    monkeypatch.setenv("XPATCH_NUM_THREADS", "3")
+    assert default_threads() == 3
+    assert Blender().threads == 3
+    monkeypatch.setenv("XPATCH_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="XPATCH_NUM_THREADS.*'many'"):
+        default_threads()
+    monkeypatch.delenv("XPATCH_NUM_THREADS")
+    assert 1 <= default_threads() <= 8

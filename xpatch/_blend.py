@@ -31,7 +31,12 @@ _pool_lock = threading.Lock()
 
 
 def default_threads() -> int:
-    """Cores this process may run on, at most :data:`MAX_THREADS`."""
+    """``XPATCH_NUM_THREADS`` if set, else the cores this process may run on (at most 8)."""
+    env = os.environ.get("XPATCH_NUM_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"XPATCH_NUM_THREADS must be a positive int, got {env!r}")
+        return int(env)
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
