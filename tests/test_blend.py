@@ -141,7 +141,28 @@ def test_thread_count_from_the_environment(monkeypatch):
     assert default_threads() == 3
     assert Blender().threads == 3
     monkeypatch.setenv("XPATCH_NUM_THREADS", "many")
-    with pytest.raises(ValueError, match="XPATCH_NUM_THREADS.*'many'"):
+    with pytest.raises(ValueError, match=r"XPATCH_NUM_THREADS.*'many'"):
         default_threads()
     monkeypatch.delenv("XPATCH_NUM_THREADS")
     assert 1 <= default_threads() <= 8
+
+
+@pytest.mark.parametrize("dims", [("y", "x"), ("c", "y", "x"), ("y", "c", "x"), ("x", "c", "y")])
+def test_batches_of_patches_equal_the_stacked_patches(dims):
+    """A batch is gathered in one call from a strided view; it equals the patches stacked."""
+    rng = np.random.default_rng(6)
+    sizes = {"y": 23, "x": 31, "c": 2}
+    da = xr.DataArray(rng.random([sizes[d] for d in dims]), dims=dims)
+    kw = dict(y=7, x=5, step={"y": 4, "x": 3})
+    seen = []
+
+    def model(b):
+        seen.append(b)
+        return b
+
+    da.patch.apply(model, batch_size=9, **kw)
+    singles = list(da.patch.sample(**kw))
+    stacked = np.concatenate([b.values for b in seen])
+    assert all(b.dims == ("patch", *dims) for b in seen)
+    np.testing.assert_array_equal(stacked, np.stack([p.values for p in singles]))
+    assert all(b.values.flags.c_contiguous for b in seen)

@@ -100,7 +100,7 @@ class Sampler:
                 for d, s in zip(w.dims, w.slices)
             )
         ):
-            data = np.stack([fast.data[fast.key(w)] for w in windows])
+            data = fast.gather(windows)
             coords = dict(fast.fixed)
             coords[batch_dim] = xr.Variable((batch_dim,), np.array([w.index for w in windows]))
             return xr.DataArray(
@@ -191,6 +191,8 @@ class _FastCutter:
         # spatial axes in the order of the data's dims, and the full-slice key to fill
         self.order = [(i, d, self.dims.index(d)) for i, d in enumerate(grid.dims)]
         self.key0 = [slice(None)] * len(self.dims)
+        self.others = [d for d in self.dims if d not in self.spatial]
+        self.views: dict[tuple[int, ...], np.ndarray] = {}
         self.lean = _lean_variables()
         self.attrs = dict(obj.attrs)
 
@@ -229,6 +231,34 @@ class _FastCutter:
                 self.cache.clear()
             self.cache[key] = hit
         return hit
+
+    def gather(self, windows: Sequence[Window]) -> np.ndarray:
+        """The patches of equally shaped in-bounds windows, stacked on a new first axis.
+
+        One fancy-indexing call on a strided view of the source (no Python per patch
+        beyond reading its start), in the source's dim order, C-contiguous.
+        """
+        shape = windows[0].shape
+        if len(windows) < 4 or any(n == 0 for n in shape):
+            return np.stack([self.data[self.key(w)] for w in windows])
+        view = self.views.get(shape)
+        if view is None:
+            axes = [ax for _, _, ax in self.order]
+            view = np.lib.stride_tricks.sliding_window_view(self.data, shape, axis=axes)
+            # the per-start axes first, then the other dims, then the window's own axes
+            others = [k for k in range(self.data.ndim) if k not in axes]
+            n = self.data.ndim
+            view = view.transpose([*axes, *others, *range(n, n + len(axes))])
+            if len(self.views) > 8:
+                self.views.clear()
+            self.views[shape] = view
+        starts = np.array([[s.start for s in w.slices] for w in windows]).T
+        out = view[tuple(starts)]
+        current = [None, *self.others, *(d for _, d, _ in self.order)]
+        perm = [0, *(current.index(d) for d in self.dims)]
+        if perm != list(range(len(perm))):
+            out = np.ascontiguousarray(out.transpose(perm))
+        return out
 
     def key(self, window: Window) -> tuple[slice, ...]:
         """Numpy index of the window's patch in the source data."""
