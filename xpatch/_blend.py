@@ -5,8 +5,8 @@ whose product is the weight (a cached N-D weight, or a 1-D factor times the
 product of the other axes' factors when the full weight is too large to cache).
 
 Small patches take one multiply into a reused scratch array and one add. Large
-patches are cut into blocks of about 1 MiB along one axis and the blocks are
-shared between threads: numpy releases the GIL inside ufunc loops, the blocks
+patches are cut into blocks of about 0.5 MiB along one axis and the threads
+take them in turn: numpy releases the GIL inside ufunc loops, the blocks
 are disjoint, and each thread has its own small scratch, so a large patch is
 blended on every core without any full-size temporary.
 """
@@ -16,12 +16,12 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-BLOCK_BYTES = 1 << 20  # a block of the weighted product stays in a core's cache
+BLOCK_BYTES = 1 << 19  # a block of the weighted product stays in a core's cache
 THREAD_BYTES = 1 << 21  # patches smaller than this are blended on the calling thread
 MAX_THREADS = 8
 
@@ -93,37 +93,38 @@ class Blender:
         axis = _split_axis(target.shape)
         n = target.shape[axis]
         rows = max(1, BLOCK_BYTES // max(target.nbytes // n, 1))
-        workers = min(self.threads, n) if target.nbytes >= THREAD_BYTES else 1
-        # equal contiguous shares of the rows, each walked in blocks of ~BLOCK_BYTES
-        edges = [n * k // workers for k in range(workers + 1)]
-        share = [
-            [(a, min(a + rows, stop)) for a in range(start, stop, rows)]
-            for start, stop in itertools.pairwise(edges)
-        ]
+        blocks = [(a, min(a + rows, n)) for a in range(0, n, rows)]
+        workers = min(self.threads, len(blocks)) if target.nbytes >= THREAD_BYTES else 1
         if workers == 1:
-            self._blocks(0, share[0], target, part, weights, axis)
+            for a, b in blocks:
+                self._block(0, target, part, weights, axis, a, b)
             return
+        # the threads take blocks from one shared counter: a thread that starts late
+        # (a busy core) takes fewer blocks instead of holding the others up
+        counter = itertools.count()
+        job = (counter, blocks, target, part, weights, axis)
         pool = _executor(self.threads - 1)
-        futures = [
-            pool.submit(self._blocks, k, share[k], target, part, weights, axis)
-            for k in range(1, workers)
-        ]
+        futures = [pool.submit(self._take, k, *job) for k in range(1, workers)]
         try:
-            self._blocks(0, share[0], target, part, weights, axis)
+            self._take(0, *job)
         finally:
             for fut in futures:
                 fut.result()
 
-    def _blocks(
+    def _take(
         self,
         slot: int,
+        counter: Iterator[int],
         blocks: Sequence[tuple[int, int]],
         target: np.ndarray,
         part: np.ndarray,
         weights: Sequence[np.ndarray],
         axis: int,
     ) -> None:
-        for a, b in blocks:
+        for i in counter:  # next() on a count is atomic under the GIL
+            if i >= len(blocks):
+                return
+            a, b = blocks[i]
             self._block(slot, target, part, weights, axis, a, b)
 
     def _block(
