@@ -166,3 +166,14 @@ def test_batches_of_patches_equal_the_stacked_patches(dims):
     assert all(b.dims == ("patch", *dims) for b in seen)
     np.testing.assert_array_equal(stacked, np.stack([p.values for p in singles]))
     assert all(b.values.flags.c_contiguous for b in seen)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.bool_, np.float64, np.complex64])
+def test_whole_batch_add_keeps_the_dtype_rules(dtype):
+    rng = np.random.default_rng(7)
+    da = xr.DataArray((rng.random((40, 36)) * 200).astype(dtype), dims=("y", "x"))
+    kw = dict(y=6, x=6, step=4, weights="gaussian")
+    one = da.patch.apply(lambda p: p, **kw)
+    batched = da.patch.apply(lambda b: b, batch_size=20, **kw)
+    assert batched.dtype == one.dtype
+    np.testing.assert_allclose(batched.values, one.values, rtol=1e-6, atol=1e-5)

@@ -492,7 +492,7 @@ class Aggregator:
         for c in np.unique(colour):
             sel = np.flatnonzero(colour == c)
             w = distinct[0] if stacked is None else stacked[inverse[sel]]
-            contrib = np.multiply(data[sel + 1], w, dtype=buf.dtype, casting="unsafe")
+            contrib = np.multiply(data[sel + 1], w)  # promoted as in the per-window path
             index = (*(slice(None),) * lead, *(starts[sel, i] for i in range(k)))
             view[index] += np.moveaxis(contrib, 0, lead)
         self._added[[w.index for w in windows]] = True
