@@ -8,7 +8,7 @@ import numpy as np
 from scipy.signal import windows
 from strategies import reference_starts as ref_axis
 
-__all__ = ["builtin_weights", "kernel_1d", "ref_axis", "reference", "uncovered_mask"]
+__all__ = ["builtin_weights", "kernel_1d", "ref_axis", "ref_for", "reference", "uncovered_mask"]
 
 
 def kernel_1d(name: str, n: int, sigma: float = 0.125) -> np.ndarray:
@@ -97,3 +97,18 @@ def uncovered_mask(shape, axes, size, step, border) -> np.ndarray:
         bshape[ax] = shape[ax]
         mask |= ~cov.reshape(bshape)
     return mask
+
+
+def ref_for(case, da, weights, f, **kw):
+    """``reference`` for a geometry case (see ``strategies.array_cases``) and its array."""
+    sp = case["spatial"]
+    return reference(
+        da.values,
+        case["axes"],
+        [case["size"][d] for d in sp],
+        [case["step"][d] for d in sp],
+        case["border"],
+        weights,
+        f,
+        **kw,
+    )

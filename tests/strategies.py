@@ -7,10 +7,12 @@ boolean array, comparing with Patchly) are fast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hypothesis import assume
 from hypothesis import strategies as st
 
 BORDERS: tuple[str, ...] = ("squeeze", "edge", "adaptive", "crop", "pad")
@@ -153,3 +155,38 @@ def reference_starts(length: int, size: int, step: int, border: str) -> tuple[li
 def mapping_of(dims: Sequence[Hashable], values: Sequence[Any]) -> Mapping[Hashable, Any]:
     """``dict(zip(dims, values))``, a tiny helper for readable tests."""
     return dict(zip(dims, values))
+
+
+@st.composite
+def array_cases(draw, borders=BORDERS, max_patches=80, band=None):
+    """A small N-D array geometry: dims (spatial ones from ``t, z, y, x``, maybe a
+    ``band`` dim), shape, sizes and steps for one border, at most ``max_patches``."""
+    ndim = draw(st.integers(1, 4))
+    border = draw(st.sampled_from(borders))
+    max_len = {1: 20, 2: 11, 3: 6, 4: 4}[ndim]
+    spatial = list(DIM_NAMES[-ndim:])
+    lengths, size, step = {}, {}, {}
+    for d in spatial:
+        L = draw(st.integers(1, max_len))
+        P = draw(st.integers(1, L + 3 if border == "pad" else L))
+        S = draw(st.integers(1, P))
+        lengths[d], size[d], step[d] = L, P, S
+    n = math.prod(len(reference_starts(lengths[d], size[d], step[d], border)[0]) for d in spatial)
+    assume(n <= max_patches)
+    has_band = draw(st.booleans()) if band is None else band
+    dims = list(spatial)
+    if has_band:
+        dims.insert(draw(st.integers(0, ndim)), "band")
+    shape = tuple(2 if d == "band" else lengths[d] for d in dims)
+    kw_order = draw(st.permutations(spatial))  # size keywords in any order
+    return {
+        "dims": tuple(dims),
+        "shape": shape,
+        "spatial": tuple(spatial),
+        "axes": [dims.index(d) for d in spatial],
+        "size": size,
+        "step": step,
+        "border": border,
+        "kwargs": {d: size[d] for d in kw_order},
+        "n_patches": n,
+    }

@@ -17,18 +17,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import builtin_weights, ref_axis
+from reference import builtin_weights, ref_for
 from reference import reference as _reference
+from strategies import array_cases
 
 import xpatch
 from xpatch import AggregationError, IncompleteError, ResultError, WeightsError
 
 BORDERS = ("squeeze", "edge", "adaptive", "crop", "pad")
 WEIGHTS = ("mean", "gaussian", "hann")
-SPATIAL_NAMES = ("t", "z", "y", "x")
 MAX_PATCHES = 64
+
+
+def cases(borders=BORDERS, max_patches=MAX_PATCHES):
+    return array_cases(borders=borders, max_patches=max_patches)
 
 
 # --- reference ------------------------------------------------------------------
@@ -47,36 +51,6 @@ def func_np(x, starts):
     return x * 2 + x.mean() + sum(starts)
 
 
-# --- strategies -------------------------------------------------------------------
-@st.composite
-def cases(draw, borders=BORDERS, max_patches=MAX_PATCHES):
-    ndim = draw(st.integers(1, 4))
-    border = draw(st.sampled_from(borders))
-    max_len = {1: 20, 2: 10, 3: 6, 4: 4}[ndim]
-    spatial = list(SPATIAL_NAMES[-ndim:])
-    size, step, lengths = {}, {}, {}
-    for d in spatial:
-        L = draw(st.integers(1, max_len))
-        P = draw(st.integers(1, L + 3 if border == "pad" else L))
-        lengths[d], size[d], step[d] = L, P, draw(st.integers(1, P))
-    n = math.prod(len(ref_axis(lengths[d], size[d], step[d], border)[0]) for d in spatial)
-    assume(n <= max_patches)
-    dims = list(spatial)
-    if draw(st.booleans()):
-        dims.insert(draw(st.integers(0, ndim)), "band")
-    shape = tuple(2 if d == "band" else lengths[d] for d in dims)
-    return {
-        "dims": tuple(dims),
-        "shape": shape,
-        "spatial": tuple(spatial),
-        "axes": [dims.index(d) for d in spatial],
-        "size": size,
-        "step": step,
-        "border": border,
-        "n_patches": n,
-    }
-
-
 def make_array(case, seed=0) -> xr.DataArray:
     rng = np.random.default_rng(seed)
     coords = {d: np.arange(n) for d, n in zip(case["dims"], case["shape"]) if d != "band"}
@@ -87,20 +61,6 @@ def make_array(case, seed=0) -> xr.DataArray:
 
 def grid_kwargs(case):
     return dict(step=case["step"], border=case["border"], **case["size"])
-
-
-def ref_for(case, da, weights, f=func_np, **kw):
-    sp = case["spatial"]
-    return reference(
-        da.values,
-        case["axes"],
-        [case["size"][d] for d in sp],
-        [case["step"][d] for d in sp],
-        case["border"],
-        weights,
-        f,
-        **kw,
-    )
 
 
 def image(ny=9, nx=11, nband=2, seed=1):
@@ -130,7 +90,7 @@ def test_hand_written_loop_matches_reference(case, weights, by_coords):
     out = agg.result()
     assert out.dims == da.dims and out.name == "img"
     np.testing.assert_allclose(
-        out.values, ref_for(case, da, builtin_weights(weights)), rtol=1e-9, atol=1e-9
+        out.values, ref_for(case, da, builtin_weights(weights), func_np), rtol=1e-9, atol=1e-9
     )
     xr.testing.assert_allclose(out, da.patch.apply(func, weights=weights, **kw))
 
@@ -146,7 +106,10 @@ def test_any_order_of_adding_gives_the_same_result(case, weights, data):
     for i in order:
         agg.add(func(patches[i]))
     np.testing.assert_allclose(
-        agg.result().values, ref_for(case, da, builtin_weights(weights)), rtol=1e-9, atol=1e-9
+        agg.result().values,
+        ref_for(case, da, builtin_weights(weights), func_np),
+        rtol=1e-9,
+        atol=1e-9,
     )
 
 
@@ -369,7 +332,7 @@ def test_partial_result_normalises_over_added_windows(case, weights, data):
     for i in sorted(subset):
         agg.add(func(patches[i]))
     out = agg.result(partial=True)
-    expected = ref_for(case, da, builtin_weights(weights), subset=subset)
+    expected = ref_for(case, da, builtin_weights(weights), func_np, subset=subset)
     np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9)
     assert out.dims == da.dims
 
@@ -458,7 +421,7 @@ def test_custom_weights_match_reference(case, kind, chunked, seed):
     agg = da.patch.aggregator(weights=weights, chunks=chunks, **kw)
     for patch in da.patch.sample(**kw):
         agg.add(func(patch))
-    expected = ref_for(case, da, lambda s: w_arr)
+    expected = ref_for(case, da, lambda s: w_arr, func_np)
     np.testing.assert_allclose(agg.result().values, expected, rtol=1e-9, atol=1e-9)
     out = da.patch.apply(func, weights=weights, chunks=chunks, **kw)
     np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9)

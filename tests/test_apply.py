@@ -9,16 +9,16 @@ the design (not taken from ``xpatch.grid``) and the 1-D kernels from
 
 from __future__ import annotations
 
-import math
 import tracemalloc
 import warnings
 
 import numpy as np
 import pytest
 import xarray as xr
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import builtin_weights, kernel_1d, ref_axis, reference, uncovered_mask
+from reference import builtin_weights, kernel_1d, ref_for, reference, uncovered_mask
+from strategies import array_cases as cases
 
 import xpatch
 from xpatch import DimensionError, GridError, ResultError, WeightsError
@@ -26,43 +26,6 @@ from xpatch import DimensionError, GridError, ResultError, WeightsError
 BORDERS = ("squeeze", "edge", "adaptive", "crop", "pad")
 PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
 WEIGHTS = ("mean", "gaussian", "hann")
-SPATIAL_NAMES = ("t", "z", "y", "x")
-MAX_PATCHES = 80
-
-
-# --- strategies -------------------------------------------------------------------
-@st.composite
-def cases(draw, borders=BORDERS, max_patches=MAX_PATCHES, band=None):
-    """A small N-D geometry: dims, shape, sizes and steps for one border."""
-    ndim = draw(st.integers(1, 4))
-    border = draw(st.sampled_from(borders))
-    max_len = {1: 20, 2: 11, 3: 6, 4: 4}[ndim]
-    spatial = list(SPATIAL_NAMES[-ndim:])
-    lengths, size, step = {}, {}, {}
-    for d in spatial:
-        L = draw(st.integers(1, max_len))
-        P = draw(st.integers(1, L + 3 if border == "pad" else L))
-        S = draw(st.integers(1, P))
-        lengths[d], size[d], step[d] = L, P, S
-    n = math.prod(len(ref_axis(lengths[d], size[d], step[d], border)[0]) for d in spatial)
-    assume(n <= max_patches)
-    has_band = draw(st.booleans()) if band is None else band
-    dims = list(spatial)
-    if has_band:
-        dims.insert(draw(st.integers(0, ndim)), "band")
-    shape = tuple(2 if d == "band" else lengths[d] for d in dims)
-    kw_order = draw(st.permutations(spatial))  # size keywords in any order
-    return {
-        "dims": tuple(dims),
-        "shape": shape,
-        "spatial": tuple(spatial),
-        "axes": [dims.index(d) for d in spatial],
-        "size": size,
-        "step": step,
-        "border": border,
-        "kwargs": {d: size[d] for d in kw_order},
-        "n_patches": n,
-    }
 
 
 def make_array(case, seed=0, dtype=np.float64) -> xr.DataArray:
@@ -72,20 +35,6 @@ def make_array(case, seed=0, dtype=np.float64) -> xr.DataArray:
     if "band" in case["dims"]:
         coords["band"] = ["red", "nir"]
     return xr.DataArray(data, dims=case["dims"], coords=coords, name="img", attrs={"units": "K"})
-
-
-def ref_for(case, da, weights, f, **kw):
-    sp = case["spatial"]
-    return reference(
-        da.values,
-        case["axes"],
-        [case["size"][d] for d in sp],
-        [case["step"][d] for d in sp],
-        case["border"],
-        weights,
-        f,
-        **kw,
-    )
 
 
 def grid_coords(**lengths):
