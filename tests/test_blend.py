@@ -177,3 +177,22 @@ def test_whole_batch_add_keeps_the_dtype_rules(dtype):
     batched = da.patch.apply(lambda b: b, batch_size=20, **kw)
     assert batched.dtype == one.dtype
     np.testing.assert_allclose(batched.values, one.values, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch_size", [None, 4])
+def test_each_result_is_released_before_func_is_called_again(batch_size):
+    """Only one result is alive at a time: memory stays at the output plus one patch."""
+    import weakref
+
+    da = xr.DataArray(np.random.default_rng(8).random((30, 30)), dims=("y", "x"))
+    previous: list[weakref.ref] = []
+
+    def model(p):
+        assert all(ref() is None for ref in previous)
+        out = p.values * 2.0
+        previous.append(weakref.ref(out))
+        return out
+
+    kw = dict(y=8, x=8, step=4, output_dims=(("patch",) if batch_size else ()) + ("y", "x"))
+    da.patch.apply(model, batch_size=batch_size, **kw)
+    assert len(previous) > 2

@@ -67,7 +67,6 @@ class Blender:
     def __init__(self, threads: int | None = None) -> None:
         self.threads = default_threads() if threads is None else max(1, int(threads))
         self._scratch: dict[tuple[int, tuple[int, ...], np.dtype], np.ndarray] = {}
-        self._small: dict[tuple[int, ...], np.ndarray] = {}  # by shape, for small patches
 
     def _buffer(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         key = (slot, shape, dtype)
@@ -81,14 +80,7 @@ class Blender:
     def __call__(self, target: np.ndarray, part: np.ndarray, weights: Sequence[np.ndarray]) -> None:
         """``target += part * prod(weights)``, in place (``part`` is cast to ``target``'s dtype)."""
         if target.nbytes <= BLOCK_BYTES:
-            scratch = self._small.get(target.shape)
-            if scratch is None or scratch.dtype != target.dtype:
-                scratch = self._buffer(0, target.shape, target.dtype)
-                self._small[target.shape] = scratch
-            np.multiply(part, weights[0], out=scratch, casting="unsafe")
-            for w in weights[1:]:
-                np.multiply(scratch, w, out=scratch, casting="unsafe")
-            target += scratch
+            self._run(0, target, part, weights)
             return
         axis = _split_axis(target.shape)
         n = target.shape[axis]

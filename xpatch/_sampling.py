@@ -173,7 +173,6 @@ class _FastCutter:
         self.data = obj.variable._data
         self.dims = tuple(obj.dims)
         self.spatial = set(grid.dims)
-        self.axis = {d: self.dims.index(d) for d in grid.dims}
         self.fixed: dict[Hashable, Any] = {}
         self.along: dict[Hashable, list[Hashable]] = {d: [] for d in grid.dims}
         self.multi: list[Hashable] = []

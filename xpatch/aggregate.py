@@ -372,10 +372,7 @@ class Aggregator:
         cpos = self._single[0]  # type: ignore[index]
         buf = self._buffers[cpos][THIS]
         parts = [table[p] for table, p in zip(self._single_parts, window.position)]
-        wkey = (THIS, *[pt[2] for pt in parts])
-        weights = self._weight_cache.get(wkey)
-        if weights is None:
-            weights = self._weights(wkey, [pt[3] for pt in parts], self._axes_of[THIS], buf)
+        weights = self._weights_for(THIS, parts, buf)
         self._blend(
             buf[tuple([pt[1] for pt in parts])], data[tuple([pt[0] for pt in parts])], weights
         )
@@ -473,11 +470,7 @@ class Aggregator:
         _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
         distinct = []
         for j in first:
-            parts = self._window_parts(windows[j].position, cpos)
-            key = (name, *(pt[2] for pt in parts))
-            weights = self._weight_cache.get(key)
-            if weights is None:
-                weights = self._weights(key, [pt[3] for pt in parts], axes, buf)
+            weights = self._weights_for(name, self._window_parts(windows[j].position, cpos), buf)
             distinct.append(
                 weights[0] if len(weights) == 1 else np.prod(np.broadcast_arrays(*weights), axis=0)
             )
@@ -652,21 +645,6 @@ class Aggregator:
             if self._finished[cpos]:
                 continue
             parts = self._window_parts(position, cpos)
-            if not custom and len(variables) == 1:
-                ((name, (dims, data)),) = variables.items()
-                if self._plain[name] and dims == self.dims and cpos in self._buffers:
-                    # the common case: one plain variable into an open chunk
-                    buf = self._buffers[cpos][name]
-                    wkey = (name, *[pt[2] for pt in parts])
-                    weights = self._weight_cache.get(wkey)
-                    if weights is None:
-                        weights = self._weights(
-                            wkey, [pt[3] for pt in parts], self._axes_of[name], buf
-                        )
-                    src = tuple([pt[0] for pt in parts])
-                    dst = tuple([pt[1] for pt in parts])
-                    self._blend(buf[dst], data[src], weights)
-                    continue
             buffers = self._buffers.get(cpos)
             if buffers is None:
                 buffers = self._buffers[cpos] = self._new_buffers(cpos)
@@ -688,10 +666,7 @@ class Aggregator:
                 if custom:
                     weights = [_place(w_sp, axes, buf.ndim)]
                 else:
-                    wkey = (name, *(pt[2] for pt in parts))
-                    weights = self._weight_cache.get(wkey)
-                    if weights is None:
-                        weights = self._weights(wkey, [pt[3] for pt in parts], axes, buf)
+                    weights = self._weights_for(name, parts, buf)
                 if self._plain[name]:  # the buffer holds the spatial dims only, in order
                     sl_src = tuple(pt[0] for pt in parts)
                     sl_dst = tuple(pt[1] for pt in parts)
@@ -703,6 +678,16 @@ class Aggregator:
                         dst[ax] = pt[1]
                     sl_src, sl_dst = tuple(src), tuple(dst)
                 self._blend(buf[sl_dst], data[sl_src], weights)
+
+    def _weights_for(
+        self, name: Hashable, parts: Sequence[_Part], buf: np.ndarray
+    ) -> list[np.ndarray]:
+        """The (cached) final weight of a window's part in ``buf`` (see :meth:`_weights`)."""
+        key = (name, *[pt[2] for pt in parts])
+        weights = self._weight_cache.get(key)
+        if weights is None:
+            weights = self._weights(key, [pt[3] for pt in parts], self._axes_of[name], buf)
+        return weights
 
     def _weights(
         self,
