@@ -38,10 +38,15 @@ def test_blender_equals_one_multiply_add(threads):
 def test_blender_threads_share_a_large_patch():
     """A patch above the threshold is blended on more than one thread."""
     seen = set()
+    second = threading.Event()
 
     class Spy(np.ndarray):  # records the thread of each block's multiply
         def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
             seen.add(threading.get_ident())
+            if len(seen) > 1:
+                second.set()
+            else:  # hold the first thread until another one takes a block
+                second.wait(timeout=10)
             inputs = tuple(np.asarray(x) for x in inputs)
             return getattr(ufunc, method)(*inputs, **kwargs)
 
@@ -119,7 +124,7 @@ def test_whole_batch_add_changes_non_spatial_dims():
 
 
 def test_model_that_reuses_its_output_buffer_is_safe():
-    """Blending (on several threads) ends before func is called again."""
+    """A result the model keeps is blended (on several threads) before func is called again."""
     rng = np.random.default_rng(5)
     a = rng.random((130, 120, 110), dtype=np.float32)
     da = xr.DataArray(a, dims=("z", "y", "x"))
@@ -181,7 +186,7 @@ def test_whole_batch_add_keeps_the_dtype_rules(dtype):
 
 @pytest.mark.parametrize("batch_size", [None, 4])
 def test_each_result_is_released_before_func_is_called_again(batch_size):
-    """Only one result is alive at a time: memory stays at the output plus one patch."""
+    """Small results (blended on the calling thread) are freed before func runs again."""
     import weakref
 
     da = xr.DataArray(np.random.default_rng(8).random((30, 30)), dims=("y", "x"))
@@ -196,3 +201,161 @@ def test_each_result_is_released_before_func_is_called_again(batch_size):
     kw = dict(y=8, x=8, step=4, output_dims=(("patch",) if batch_size else ()) + ("y", "x"))
     da.patch.apply(model, batch_size=batch_size, **kw)
     assert len(previous) > 2
+
+
+# --- background blending of results nothing else holds ---------------------------------------
+def test_sole_owner_only_for_memory_nothing_else_can_reach():
+    """The counts are taken where one local name is the only reference the caller knows of."""
+    import weakref
+
+    from xpatch._blend import ref_counts, sole_owner
+
+    def fresh():
+        data = np.zeros(8)
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def fresh_view():
+        data = np.zeros(8)[2:]
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def another_name():
+        data = np.zeros(8)
+        keep = data  # noqa: F841
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def owner_kept():
+        owner = np.zeros(8)
+        data = owner[2:]
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def weakly_watched():
+        data = np.zeros(8)
+        watch = weakref.ref(data)  # noqa: F841
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def foreign_memory():
+        data = np.frombuffer(bytearray(64))
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    def subclass():
+        data = np.ma.zeros(8)
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    assert fresh() and fresh_view()
+    assert not any(f() for f in (another_name, owner_kept, weakly_watched, foreign_memory))
+    assert not subclass()
+
+
+def _big_grid():
+    """2-D float32 patches of 768 x 768 (2.25 MiB: above the threading threshold)."""
+    da = xr.DataArray(
+        np.random.default_rng(9).random((1400, 1300), dtype=np.float32), dims=("y", "x")
+    )
+    return da, dict(y=768, x=768, step=384, weights="gaussian")
+
+
+def test_a_result_only_the_aggregator_holds_is_blended_in_the_background():
+    da, kw = _big_grid()
+    agg = da.patch.aggregator(**kw)
+    windows = list(agg.grid)
+    assert windows[0].shape == (768, 768) and 768 * 768 * 4 >= THREAD_BYTES
+    agg.add_result([da[windows[0].slices].values * 2], windows[0])  # first: sets the layout
+    agg.add_result([da[windows[1].slices].values * 2], windows[1])
+    assert agg._blend._pending is not None  # still being blended while the caller goes on
+    held = da[windows[2].slices].values * 2
+    agg.add_result([held], windows[2])  # the caller keeps it: blended before the call returns
+    assert agg._blend._pending is None
+    for w in windows[3:]:
+        agg.add_result([da[w.slices].values * 2], w)
+    expected = da.patch.apply(lambda p: p * 2, **kw)
+    np.testing.assert_allclose(agg.result().values, expected.values, rtol=1e-6)
+    assert agg._blend._pending is None
+
+
+def _reused_buffer():
+    buffer = np.empty((768, 768), dtype=np.float32)
+
+    def model(p):  # every answer in the same array
+        np.multiply(p.values, 2.0, out=buffer)
+        return buffer
+
+    return model
+
+
+def _reused_view():
+    buffer = np.empty((2, 768, 768), dtype=np.float32)
+
+    def model(p):  # a view of a buffer the model keeps
+        np.multiply(p.values, 2.0, out=buffer[1])
+        return buffer[1]
+
+    return model
+
+
+def _reused_while_alive():
+    import weakref
+
+    cache: list[weakref.ref] = []
+
+    def model(p):  # reuses its last answer if the caller still holds it
+        out = cache[0]() if cache else None
+        if out is None:
+            out = np.empty((768, 768), dtype=np.float32)
+            cache[:] = [weakref.ref(out)]
+        np.multiply(p.values, 2.0, out=out)
+        return out
+
+    return model
+
+
+def _kept_dataarray():
+    kept: list[xr.DataArray] = []
+
+    def model(p):  # keeps its answer and overwrites it through xarray on the next call
+        if kept:
+            kept[0].values[...] = p.values * 2.0
+            return kept[0]
+        kept.append(p * 2.0)
+        return kept[0]
+
+    return model
+
+
+def _the_input():
+    return lambda p: p  # a view of the source
+
+
+@pytest.mark.parametrize(
+    "make", [_reused_buffer, _reused_view, _reused_while_alive, _kept_dataarray, _the_input]
+)
+def test_models_that_keep_their_answers_are_blended_before_the_next_call(make):
+    """Only results nothing else can reach are blended while func runs: no other is torn."""
+    da, kw = _big_grid()
+    scale = 1.0 if make is _the_input else 2.0
+    out = da.patch.apply(make(), **kw)
+    expected = da.patch.apply(lambda p: p * scale, **kw)
+    np.testing.assert_allclose(out.values, expected.values, rtol=1e-6)
+    np.testing.assert_allclose(out.values, da.values * scale, rtol=1e-5)
+
+
+def test_background_blending_holds_at_most_one_more_result():
+    """Memory: the output, the result being blended and the one func is making."""
+    import tracemalloc
+
+    da, kw = _big_grid()
+    result_bytes = 768 * 768 * 4
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        out = da.patch.apply(lambda p: p.values * 2, output_dims=("y", "x"), **kw)
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < out.nbytes + 2 * result_bytes + 4 * BLOCK_BYTES + (1 << 20)

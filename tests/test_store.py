@@ -510,10 +510,18 @@ def _flaky_model(p):
 _FLAKY = {"calls": 0, "fail_at": -1}
 
 
-def test_failed_run_keeps_finished_chunks_and_resumes(tmp_path):
-    da = labeled((64, 80), ("y", "x"))
-    kw = dict(y=16, x=16, step=8, chunks=32)
-    n_windows = len(da.patch.grid(y=16, x=16, step=8))
+@pytest.mark.parametrize(
+    ("shape", "size", "step", "chunk", "dtype"),
+    [
+        ((64, 80), 16, 8, 32, "float32"),
+        # 768 x 768 float64 parts (4.5 MiB): blended in the background while func runs
+        ((1920, 1792), 768, 384, 1024, "float64"),
+    ],
+)
+def test_failed_run_keeps_finished_chunks_and_resumes(tmp_path, shape, size, step, chunk, dtype):
+    da = labeled(shape, ("y", "x")).astype(dtype)
+    kw = dict(y=size, x=size, step=step, chunks=chunk)
+    n_windows = len(da.patch.grid(y=size, x=size, step=step))
     reference = da.patch.apply(nonlinear, **kw)  # chunked in memory: same order, same sums
     path = tmp_path / "run.zarr"
     _FLAKY.update(calls=0, fail_at=int(n_windows * 0.7))
@@ -523,7 +531,7 @@ def test_failed_run_keeps_finished_chunks_and_resumes(tmp_path):
     assert 0 < done.sum() < done.size
     stored = xr.open_dataarray(path, engine="zarr").values
     for cy, cx in zip(*np.nonzero(done)):
-        block = np.s_[cy * 32 : (cy + 1) * 32, cx * 32 : (cx + 1) * 32]
+        block = np.s_[cy * chunk : (cy + 1) * chunk, cx * chunk : (cx + 1) * chunk]
         np.testing.assert_array_equal(stored[block], reference.values[block])
     _FLAKY.update(calls=0, fail_at=-1)
     out = da.patch.apply(_flaky_model, out=path, resume=True, **kw)

@@ -126,9 +126,8 @@ def run(
     try:
         if batch_size is None:
             for window in windows:
-                result = _call(func, sampler(window), window)
-                agg.add_result(result, window)
-                del result  # not alive while func makes the next one
+                # handed over: not alive here while func makes the next one
+                agg.add_result([_call(func, sampler(window), window)], window)
                 if bar is not None:
                     bar.update(1)
             return agg
@@ -147,6 +146,7 @@ def run(
             if bar is not None:
                 bar.update(len(group))
     finally:
+        agg.settle()
         if bar is not None:
             bar.close()
     return agg

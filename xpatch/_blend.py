@@ -9,15 +9,25 @@ patches are cut into blocks of about 0.5 MiB along one axis and the threads
 take them in turn: numpy releases the GIL inside ufunc loops, the blocks
 are disjoint, and each thread has its own small scratch, so a large patch is
 blended on every core without any full-size temporary.
+
+A patch result that nothing but the aggregator can reach (see
+:func:`sole_owner`) may be blended in the background: the helper threads
+take its blocks while the calling thread goes on to run ``func`` on the next
+patch, and the calling thread joins in on what is left before the next add.
+A result the model may still hold (a reused output buffer, a view of the
+input) is blended before the call returns, as any result is on one thread.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import sys
 import threading
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -66,19 +76,52 @@ class Blender:
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = default_threads() if threads is None else max(1, int(threads))
-        self._scratch: dict[tuple[int, tuple[int, ...], np.dtype], np.ndarray] = {}
+        self._scratch: dict[int, tuple[tuple[int, ...], np.dtype, np.ndarray, np.ndarray]] = {}
+        self._pending: tuple[_Job, list[Future[None]]] | None = None
 
     def _buffer(self, slot: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        key = (slot, shape, dtype)
-        scratch = self._scratch.get(key)
-        if scratch is None:
-            if len(self._scratch) >= 4 * self.threads:
-                self._scratch.clear()
-            scratch = self._scratch[key] = np.empty(shape, dtype=dtype)
+        """Thread ``slot``'s scratch for ``shape``: one flat buffer per thread, reused."""
+        held = self._scratch.get(slot)
+        if held is not None and held[0] == shape and held[1] == dtype:
+            return held[2]
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        if held is not None and held[3].nbytes >= nbytes:
+            flat = held[3]
+        else:
+            flat = np.empty(nbytes, dtype=np.uint8)
+        scratch = flat[:nbytes].view(dtype).reshape(shape)
+        self._scratch[slot] = (shape, dtype, scratch, flat)
         return scratch
 
-    def __call__(self, target: np.ndarray, part: np.ndarray, weights: Sequence[np.ndarray]) -> None:
-        """``target += part * prod(weights)``, in place (``part`` is cast to ``target``'s dtype)."""
+    def wait(self) -> None:
+        """Finish the background blend, if any (the calling thread takes its blocks too)."""
+        pending = self._pending
+        if pending is None:
+            return
+        self._pending = None
+        job, futures = pending
+        try:
+            self._take(0, job)
+        finally:
+            for fut in futures:
+                fut.result()
+
+    def __call__(
+        self,
+        target: np.ndarray,
+        part: np.ndarray,
+        weights: Sequence[np.ndarray],
+        background: bool = False,
+    ) -> None:
+        """``target += part * prod(weights)``, in place (``part`` is cast to ``target``'s dtype).
+
+        With ``background`` (only for a ``part`` nothing else may change, and a
+        ``target`` nothing reads before :meth:`wait`), a large patch is left to
+        the helper threads and the call returns at once. Every call first waits
+        for the previous background blend.
+        """
+        if self._pending is not None:
+            self.wait()
         if target.nbytes <= BLOCK_BYTES:
             self._run(0, target, part, weights)
             return
@@ -93,28 +136,25 @@ class Blender:
             return
         # the threads take blocks from one shared counter: a thread that starts late
         # (a busy core) takes fewer blocks instead of holding the others up
-        counter = itertools.count()
-        job = (counter, blocks, target, part, weights, axis)
+        job = _Job(blocks, axis, (target, part, weights))
         pool = _executor(self.threads - 1)
-        futures = [pool.submit(self._take, k, *job) for k in range(1, workers)]
-        try:
-            self._take(0, *job)
-        finally:
-            for fut in futures:
-                fut.result()
+        futures = [pool.submit(self._take, k, job) for k in range(1, workers)]
+        self._pending = (job, futures)
+        if not background:
+            self.wait()
 
-    def _take(
-        self,
-        slot: int,
-        counter: Iterator[int],
-        blocks: Sequence[tuple[int, int]],
-        target: np.ndarray,
-        part: np.ndarray,
-        weights: Sequence[np.ndarray],
-        axis: int,
-    ) -> None:
-        for i in counter:  # next() on a count is atomic under the GIL
+    def _take(self, slot: int, job: _Job) -> None:
+        arrays = job.arrays
+        if arrays is None:  # every block was taken before this thread started
+            return
+        target, part, weights = arrays
+        del arrays
+        blocks, axis = job.blocks, job.axis
+        for i in job.counter:  # next() on a count is atomic under the GIL
             if i >= len(blocks):
+                # all taken: the patch is freed once the last block in progress is done,
+                # not when the caller next waits
+                job.arrays = None
                 return
             a, b = blocks[i]
             self._block(slot, target, part, weights, axis, a, b)
@@ -144,9 +184,72 @@ class Blender:
         target += scratch
 
 
+class _Job:
+    """The blocks of one patch, taken in turn by the threads that blend it."""
+
+    __slots__ = ("arrays", "axis", "blocks", "counter")
+
+    def __init__(
+        self,
+        blocks: Sequence[tuple[int, int]],
+        axis: int,
+        arrays: tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]] | None,
+    ) -> None:
+        self.counter = itertools.count()
+        self.blocks = blocks
+        self.axis = axis
+        self.arrays = arrays
+
+
 def _split_axis(shape: tuple[int, ...]) -> int:
     """The first axis long enough to share out in blocks (else the longest)."""
     for k, n in enumerate(shape):
         if n >= 16:
             return k
     return int(np.argmax(shape))
+
+
+def ref_counts(a: np.ndarray) -> tuple[int, int]:
+    """References to ``a`` and to the array owning its memory (0 if ``a`` owns it).
+
+    Take them as ``counts = ref_counts(name)``, in a statement of its own, in a
+    function whose local ``name`` is the only reference to ``a`` that the
+    caller knows of: :func:`sole_owner` compares them with the counts of
+    exactly that situation (:data:`SOLE_COUNTS`).
+    """
+    base = a.base
+    return sys.getrefcount(a), 0 if base is None else sys.getrefcount(base)
+
+
+def _probe() -> tuple[int, int]:
+    data = np.empty(2)[:1]  # one local name; the owner is held by the view only
+    counts = ref_counts(data)
+    return counts
+
+
+SOLE_COUNTS = _probe()
+# a free-threaded interpreter defers some reference counting: never rely on counts there
+_COUNTS_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
+
+
+def sole_owner(a: Any, counts: tuple[int, int]) -> bool:
+    """Whether nothing but the caller's local name can reach ``a``'s memory.
+
+    ``counts`` is ``ref_counts(name)``, taken as described there. True only for
+    a plain ndarray that owns its memory or is a view of one, when neither is
+    referenced (weak references included) by anything else: then no other code
+    can write to that memory while it is blended in the background. Anything
+    else (a view of the input, a buffer a model keeps for its next call, memory
+    owned by another library) gives False, and is blended at once.
+    """
+    if not _COUNTS_EXACT or type(a) is not np.ndarray or weakref.getweakrefcount(a):
+        return False
+    base = a.base
+    if base is None:
+        return bool(a.flags.owndata) and counts[0] == SOLE_COUNTS[0]
+    return (
+        type(base) is np.ndarray
+        and bool(base.flags.owndata)
+        and not weakref.getweakrefcount(base)
+        and counts == SOLE_COUNTS
+    )

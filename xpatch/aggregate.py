@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._blend import Blender
+from xpatch._blend import Blender, ref_counts, sole_owner
 from xpatch._chunks import (
     _DEFAULT,
     Variables,
@@ -322,10 +322,17 @@ class Aggregator:
             window = self._locate(result)
         else:
             window = self._check_window(window)
-        self.add_result(result, window)
+        self.add_result([result], window)
 
-    def add_result(self, result: Any, window: Window) -> None:
-        """Add one result for a window of this very grid (internal: no window check)."""
+    def add_result(self, box: list[Any], window: Window) -> None:
+        """Add the result in ``box`` for a window of this very grid (internal: no window check).
+
+        The caller hands the result over in a one-item list and keeps no other
+        reference to it, so that once its data is taken out nothing but this
+        method may hold it: such a result (see :func:`~xpatch._blend.sole_owner`)
+        is blended in the background while ``func`` makes the next one.
+        """
+        result = box.pop()
         if self._added_b[window.index]:
             raise AggregationError(f"{window!r} was already added; each window is added once")
         lean = self._lean
@@ -345,10 +352,13 @@ class Aggregator:
                     if shape is None:
                         shape = self._expected_shape(window.shape)
                 if data.shape == shape:
+                    del result  # the data may now be ours alone
+                    counts = ref_counts(data)
+                    background = sole_owner(data, counts)
                     if self._single_plain and not self._finished_b[0]:
-                        self._add_single(window, data)
+                        self._add_single(window, data, background)
                     else:
-                        self._add_checked(window, {THIS: (dims, data)})
+                        self._add_checked(window, {THIS: (dims, data)}, background)
                     return
         variables, meta = split(
             result,
@@ -367,14 +377,17 @@ class Aggregator:
             if all(len(set(sizes)) == 1 for sizes in self._sizes_l):  # one patch shape
                 self._uniform = self._expected_shape(window.shape)
 
-    def _add_single(self, window: Window, data: np.ndarray) -> None:
+    def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
         cpos = self._single[0]  # type: ignore[index]
         buf = self._buffers[cpos][THIS]
         parts = [table[p] for table, p in zip(self._single_parts, window.position)]
         weights = self._weights_for(THIS, parts, buf)
         self._blend(
-            buf[tuple([pt[1] for pt in parts])], data[tuple([pt[0] for pt in parts])], weights
+            buf[tuple([pt[1] for pt in parts])],
+            data[tuple([pt[0] for pt in parts])],
+            weights,
+            background,
         )
         self._added_b[window.index] = 1
         self._n_added += 1
@@ -404,9 +417,9 @@ class Aggregator:
             self._check_spec(variables, meta, what)
         self._add_checked(window, variables)
 
-    def _add_checked(self, window: Window, variables: Variables) -> None:
+    def _add_checked(self, window: Window, variables: Variables, background: bool = False) -> None:
         touched = self._single if self._single is not None else list(self._touched(window.position))
-        self._accumulate(window, variables, touched=touched)
+        self._accumulate(window, variables, touched=touched, background=background)
         self._added[window.index] = True
         self._n_added += 1
         for cpos in touched:
@@ -633,6 +646,7 @@ class Aggregator:
         variables: Variables,
         only: tuple[int, ...] | None = None,
         touched: Sequence[tuple[int, ...]] | None = None,
+        background: bool = False,
     ) -> None:
         custom = self._custom
         full_w = self.kernel(dict(zip(self.dims, window.shape))) if custom else None
@@ -677,7 +691,7 @@ class Aggregator:
                         src[ax] = pt[0]
                         dst[ax] = pt[1]
                     sl_src, sl_dst = tuple(src), tuple(dst)
-                self._blend(buf[sl_dst], data[sl_src], weights)
+                self._blend(buf[sl_dst], data[sl_src], weights, background)
 
     def _weights_for(
         self, name: Hashable, parts: Sequence[_Part], buf: np.ndarray
@@ -787,6 +801,7 @@ class Aggregator:
     # --- finishing -------------------------------------------------------------
     def _finish(self, cpos: tuple[int, ...], partial: bool = False) -> None:
         """Normalise, fill, post-process and write one chunk, then free it."""
+        self._blend.wait()
         if self._finished[cpos]:
             return
         if partial:  # a preview: leave the chunk open for windows added later
@@ -890,6 +905,10 @@ class Aggregator:
             wsum[tuple(dst)] += _outer(facs, list(range(len(facs))), len(facs), wsum.dtype)
         return wsum
 
+    def settle(self) -> None:
+        """Finish a result still being blended in the background (internal)."""
+        self._blend.wait()
+
     def result(self, partial: bool = False) -> xr.DataArray | xr.Dataset:
         """The blended result, labeled with the source's coordinates.
 
@@ -913,6 +932,7 @@ class Aggregator:
         >>> agg.result(partial=True).values
         array([ 2.,  2.,  2., nan, nan, nan])
         """
+        self.settle()
         missing = np.flatnonzero(~self._added)
         if len(missing) and not partial:
             first = ", ".join(repr(self.grid[int(i)]) for i in missing[:3])
