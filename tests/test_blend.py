@@ -359,3 +359,121 @@ def test_background_blending_holds_at_most_one_more_result():
     finally:
         tracemalloc.stop()
     assert peak < out.nbytes + 2 * result_bytes + 4 * BLOCK_BYTES + (1 << 20)
+
+
+def test_object_results_are_never_blended_in_the_background():
+    """The elements of an object array are objects the model may keep and change."""
+
+    class Cell:  # a number the model keeps and refills for every patch
+        __slots__ = ("v",)
+
+        def __init__(self, v):
+            self.v = v
+
+        def __mul__(self, w):
+            return self.v * w
+
+        __rmul__ = __mul__
+
+    cells = np.empty((768, 768), dtype=object)
+    flat = [Cell(0.0) for _ in range(cells.size)]
+    cells.ravel()[:] = flat
+
+    def model(p):
+        v = float(p.values.mean())
+        for c in flat:
+            c.v = v
+        return cells.copy()  # a fresh object array, holding the same cells
+
+    da = xr.DataArray(
+        np.ones((768, 1536), np.float32) * np.arange(1536, dtype=np.float32), dims=("y", "x")
+    )
+    out = da.patch.apply(model, y=768, x=768, step=384, weights="mean")
+    np.testing.assert_allclose(np.unique(out.values), [383.5, 575.5, 959.5, 1151.5])
+
+
+def test_custom_weights_are_copied_when_given():
+    """Changing the weight array after the call does not reach a run in progress."""
+    da, _ = _big_grid()
+    w = np.ones((768, 768))
+    calls = {"n": 0}
+
+    def model(p):
+        calls["n"] += 1
+        w[...] = 1.0 + calls["n"]  # any weighted average of ones is one
+        return p * 0 + 1
+
+    out = da.patch.apply(model, y=768, x=768, step=384, weights=w)
+    np.testing.assert_allclose(out.values, 1.0, rtol=1e-6)
+
+
+def _zero_rim_case():
+    """inf at an element that only zero weights cover: inf * 0 while blending."""
+    a = np.random.default_rng(11).random((1400, 1300), dtype=np.float32)
+    a[316, 100] = np.inf  # on the 1-px rim of the second row of windows (squeezed to 316)
+    da = xr.DataArray(a, dims=("y", "x"))
+    w = np.pad(np.ones((766, 766)), 1)  # each patch's rim gets weight 0
+    return da, dict(y=768, x=768, step=382, weights=w)
+
+
+def test_floating_point_errors_of_helper_threads_follow_the_callers_errstate():
+    import warnings
+
+    da, kw = _zero_rim_case()
+    with pytest.warns(RuntimeWarning, match="invalid value encountered while blending"):
+        da.patch.apply(lambda p: p * 1.0, **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(invalid="ignore"):
+            da.patch.apply(lambda p: p * 1.0, **kw)
+    with np.errstate(invalid="raise"), pytest.raises(FloatingPointError, match="invalid value"):
+        da.patch.apply(lambda p: p * 1.0, **kw)
+
+
+def test_warning_filters_inside_func_do_not_catch_the_background_blend():
+    """A model escalating warnings inside its call does not fail on xpatch's own."""
+    import warnings
+
+    da, kw = _zero_rim_case()
+
+    def model(p):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return p * 1.0
+
+    with pytest.warns(RuntimeWarning, match="while blending"):
+        da.patch.apply(model, **kw)
+
+
+def test_func_error_is_the_one_raised_after_a_background_blend():
+    da, kw = _big_grid()
+    calls = {"n": 0}
+
+    def model(p):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyError("model failed")
+        return p * 2
+
+    with pytest.raises(KeyError, match="model failed"):
+        da.patch.apply(model, **kw)
+
+
+def test_no_background_blending_under_a_tracer():
+    """A debugger may hold frame locals: the reference counts prove nothing then."""
+    import sys
+
+    from xpatch._blend import ref_counts, sole_owner
+
+    def fresh():
+        data = np.zeros(8)
+        counts = ref_counts(data)
+        return sole_owner(data, counts)
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: None)
+    try:
+        assert not fresh()
+    finally:
+        sys.settrace(previous)
+    assert fresh() or previous is not None

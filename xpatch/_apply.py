@@ -130,23 +130,29 @@ def run(
                 agg.add_result([_call(func, sampler(window), window)], window)
                 if bar is not None:
                     bar.update(1)
-            return agg
-        default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
-        uniform = all(len(np.unique(ax.sizes)) == 1 for ax in grid.axes)
-        for group in batches(windows, batch_size, uniform):
-            where = _BatchWhere(group)
-            batch = sampler.batch(group, batch_dim)
-            result = _call(func, batch, where)
-            # windows of a batch share one shape: the layout is checked once per batch
-            variables, meta = batched_variables(
-                result, len(group), batch_dim, default, output_dims, where
-            )
-            agg.add_batch(group, variables, meta, batch_dim)
-            del batch, result, variables  # not alive while func makes the next one
-            if bar is not None:
-                bar.update(len(group))
-    finally:
+        else:
+            default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
+            uniform = all(len(np.unique(ax.sizes)) == 1 for ax in grid.axes)
+            for group in batches(windows, batch_size, uniform):
+                where = _BatchWhere(group)
+                batch = sampler.batch(group, batch_dim)
+                result = _call(func, batch, where)
+                # windows of a batch share one shape: the layout is checked once per batch
+                variables, meta = batched_variables(
+                    result, len(group), batch_dim, default, output_dims, where
+                )
+                agg.add_batch(group, variables, meta, batch_dim)
+                del batch, result, variables  # not alive while func makes the next one
+                if bar is not None:
+                    bar.update(len(group))
         agg.settle()
+    except BaseException as err:
+        try:  # nothing may write to the buffers once the run is over
+            agg.settle()
+        except Exception as late:  # the first error is the one to see
+            err.add_note(f"(blending the previous result also failed: {late!r})")
+        raise
+    finally:
         if bar is not None:
             bar.close()
     return agg

@@ -24,9 +24,11 @@ import itertools
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_all
 from typing import Any
 
 import numpy as np
@@ -103,8 +105,10 @@ class Blender:
         try:
             self._take(0, job)
         finally:
-            for fut in futures:
-                fut.result()
+            wait_all(futures)  # every thread is out of the buffers, even on an error
+        for fut in futures:
+            fut.result()
+        job.report()
 
     def __call__(
         self,
@@ -144,6 +148,10 @@ class Blender:
             self.wait()
 
     def _take(self, slot: int, job: _Job) -> None:
+        with np.errstate(all="call", call=job.error):
+            self._take_blocks(slot, job)
+
+    def _take_blocks(self, slot: int, job: _Job) -> None:
         arrays = job.arrays
         if arrays is None:  # every block was taken before this thread started
             return
@@ -185,9 +193,14 @@ class Blender:
 
 
 class _Job:
-    """The blocks of one patch, taken in turn by the threads that blend it."""
+    """The blocks of one patch, taken in turn by the threads that blend it.
 
-    __slots__ = ("arrays", "axis", "blocks", "counter")
+    Floating-point errors (``inf * 0`` ...) are collected, not warned about on
+    the helper threads: :meth:`report` treats them on the calling thread, as
+    its own ``np.errstate`` says, as if the calling thread had done all the work.
+    """
+
+    __slots__ = ("arrays", "axis", "blocks", "counter", "errors", "mode")
 
     def __init__(
         self,
@@ -199,6 +212,28 @@ class _Job:
         self.blocks = blocks
         self.axis = axis
         self.arrays = arrays
+        self.errors: list[str] = []
+        self.mode = np.geterr()  # the calling thread's settings
+
+    def error(self, kind: str, flag: int) -> None:  # np.errstate's callback
+        self.errors.append(kind)
+
+    def report(self) -> None:
+        """Warn about, or raise, the floating-point errors the threads met."""
+        for kind in dict.fromkeys(self.errors):
+            key = _ERROR_KEYS.get(kind.split()[0], "invalid")
+            mode = self.mode[key]
+            message = f"{kind} encountered while blending"
+            if mode == "raise":
+                raise FloatingPointError(message)
+            call = np.geterrcall()
+            if mode == "call" and callable(call):
+                call(kind, 0)
+            elif mode != "ignore":
+                warnings.warn(message, RuntimeWarning, stacklevel=5)
+
+
+_ERROR_KEYS = {"divide": "divide", "overflow": "over", "underflow": "under", "invalid": "invalid"}
 
 
 def _split_axis(shape: tuple[int, ...]) -> int:
@@ -215,7 +250,7 @@ def ref_counts(a: np.ndarray) -> tuple[int, int]:
     Take them as ``counts = ref_counts(name)``, in a statement of its own, in a
     function whose local ``name`` is the only reference to ``a`` that the
     caller knows of: :func:`sole_owner` compares them with the counts of
-    exactly that situation (:data:`SOLE_COUNTS`).
+    exactly that situation, measured the same way (:func:`_probe`).
     """
     base = a.base
     return sys.getrefcount(a), 0 if base is None else sys.getrefcount(base)
@@ -227,7 +262,7 @@ def _probe() -> tuple[int, int]:
     return counts
 
 
-SOLE_COUNTS = _probe()
+_sole_counts: tuple[int, int] | None = None  # measured on first use, never under a tracer
 # a free-threaded interpreter defers some reference counting: never rely on counts there
 _COUNTS_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
 
@@ -236,20 +271,33 @@ def sole_owner(a: Any, counts: tuple[int, int]) -> bool:
     """Whether nothing but the caller's local name can reach ``a``'s memory.
 
     ``counts`` is ``ref_counts(name)``, taken as described there. True only for
-    a plain ndarray that owns its memory or is a view of one, when neither is
-    referenced (weak references included) by anything else: then no other code
-    can write to that memory while it is blended in the background. Anything
-    else (a view of the input, a buffer a model keeps for its next call, memory
-    owned by another library) gives False, and is blended at once.
+    a plain numeric ndarray that owns its memory or is a view of one, when
+    neither is referenced (weak references included) by anything else: then no
+    other code can write to that memory while it is blended in the background.
+    Anything else (a view of the input, a buffer a model keeps for its next
+    call, memory owned by another library, object arrays whose elements the
+    model may keep) gives False, and is blended at once. So does any call under
+    a debugger, tracer or profiler, which may hold frame locals (and so add
+    references) behind the counts' back.
     """
-    if not _COUNTS_EXACT or type(a) is not np.ndarray or weakref.getweakrefcount(a):
+    global _sole_counts
+    if (
+        not _COUNTS_EXACT
+        or type(a) is not np.ndarray
+        or a.dtype.kind not in "biufc"
+        or weakref.getweakrefcount(a)
+        or sys.gettrace() is not None
+        or sys.getprofile() is not None
+    ):
         return False
+    if _sole_counts is None:
+        _sole_counts = _probe()
     base = a.base
     if base is None:
-        return bool(a.flags.owndata) and counts[0] == SOLE_COUNTS[0]
+        return bool(a.flags.owndata) and counts[0] == _sole_counts[0]
     return (
         type(base) is np.ndarray
         and bool(base.flags.owndata)
         and not weakref.getweakrefcount(base)
-        and counts == SOLE_COUNTS
+        and counts == _sole_counts
     )

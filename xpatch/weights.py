@@ -205,7 +205,7 @@ class CustomWeights:
                     f" got dims {tuple(dims)}"
                 )
             value = value.transpose(*self.dims).values
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.array(value, dtype=np.float64)  # a copy: later changes by the caller do not count
         if arr.shape != shape:
             hint = ""
             if not callable(self.source):
@@ -223,6 +223,7 @@ class CustomWeights:
             raise WeightsError(f"weights: weights must be non-negative (min {arr.min()!r})")
         if not np.any(arr > 0):
             raise WeightsError("weights: at least one weight must be positive (all are zero)")
+        arr.flags.writeable = False  # cached and shared by every window of this shape
         return arr
 
     def __repr__(self) -> str:
