@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._blend import Blender, ref_counts, sole_owner
+from xpatch._blend import THREAD_BYTES, Blender, ref_counts, sole_owner
 from xpatch._chunks import (
     _DEFAULT,
     Variables,
@@ -353,8 +353,10 @@ class Aggregator:
                         shape = self._expected_shape(window.shape)
                 if data.shape == shape:
                     del result  # the data may now be ours alone
-                    counts = ref_counts(data)
-                    background = sole_owner(data, counts)
+                    background = False
+                    if data.nbytes >= THREAD_BYTES:  # smaller ones are blended at once anyway
+                        counts = ref_counts(data)
+                        background = sole_owner(data, counts)
                     if self._single_plain and not self._finished_b[0]:
                         self._add_single(window, data, background)
                     else:
