@@ -477,3 +477,23 @@ def test_no_background_blending_under_a_tracer():
     finally:
         sys.settrace(previous)
     assert fresh() or previous is not None
+
+
+def test_gathered_batch_is_identical_to_the_stacked_patches():
+    """The directly built batch: same data, coords, indexes, name and attrs as stacking."""
+    from xpatch._sampling import Sampler, stack
+
+    rng = np.random.default_rng(12)
+    da = xr.DataArray(
+        rng.random((2, 40, 30)),
+        dims=("c", "y", "x"),
+        coords={"c": ["a", "b"], "y": np.arange(40) * 2.0, "x": np.arange(30), "t": 5},
+        name="v",
+        attrs={"units": "K"},
+    )
+    grid = da.patch.grid(y=8, x=6, step=4)
+    sampler = Sampler(da, grid)
+    windows = list(grid)[3:20]
+    batch = sampler.batch(windows, "patch")
+    xr.testing.assert_identical(batch, stack([sampler(w) for w in windows], windows, "patch"))
+    assert list(batch.indexes) == ["c", "patch"]

@@ -376,6 +376,7 @@ def test_sequence_protocol(geom):
     for i, w in enumerate(windows):
         assert w.index == i
         assert grid[w.index] == w
+        assert vars(grid[i]) == vars(w)  # every field, position included
         assert grid[i - n] == w
         assert grid[np.int64(i)] == w
     assert grid[-1] == windows[-1]

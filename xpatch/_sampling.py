@@ -100,16 +100,7 @@ class Sampler:
                 for d, s in zip(w.dims, w.slices)
             )
         ):
-            data = fast.gather(windows)
-            coords = dict(fast.fixed)
-            coords[batch_dim] = xr.Variable((batch_dim,), np.array([w.index for w in windows]))
-            return xr.DataArray(
-                data,
-                dims=(batch_dim, *fast.dims),
-                coords=coords,
-                name=self.obj.name,
-                attrs=dict(self.obj.attrs),
-            )
+            return fast.batch(windows, batch_dim)
         return stack([self(w) for w in windows], windows, batch_dim)
 
     def plan(
@@ -185,6 +176,8 @@ class _FastCutter:
             else:
                 self.multi.append(name)
         self.indexes = dict(obj.xindexes.items())
+        self.counts = tuple(len(ax.starts) for ax in grid.axes)
+        self.starts = [np.asarray(ax.starts, dtype=np.int64) for ax in grid.axes]
         self.fixed_indexes = {k: v for k, v in self.indexes.items() if k in self.fixed}
         self.cache: dict[tuple[Hashable, int, int], tuple[dict[Hashable, Any], ...]] = {}
         # spatial axes in the order of the data's dims, and the full-slice key to fill
@@ -231,7 +224,7 @@ class _FastCutter:
             self.cache[key] = hit
         return hit
 
-    def gather(self, windows: Sequence[Window]) -> np.ndarray:
+    def gather(self, windows: Sequence[Window], flat: np.ndarray | None = None) -> np.ndarray:
         """The patches of equally shaped in-bounds windows, stacked on a new first axis.
 
         One fancy-indexing call on a strided view of the source (no Python per patch
@@ -251,13 +244,32 @@ class _FastCutter:
             if len(self.views) > 8:
                 self.views.clear()
             self.views[shape] = view
-        starts = np.array([[s.start for s in w.slices] for w in windows]).T
-        out = view[tuple(starts)]
+        if flat is None:
+            flat = np.fromiter([w.index for w in windows], dtype=np.int64, count=len(windows))
+        position = np.unravel_index(flat, self.counts)  # the windows' starts, from the grid
+        out = view[tuple(st[p] for st, p in zip(self.starts, position))]
         current = [None, *self.others, *(d for _, d, _ in self.order)]
         perm = [0, *(current.index(d) for d in self.dims)]
         if perm != list(range(len(perm))):
             out = np.ascontiguousarray(out.transpose(perm))
         return out
+
+    def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> xr.DataArray:
+        """The gathered patches as a DataArray, with the window indices along ``batch_dim``."""
+        from xarray.core.indexes import PandasIndex
+
+        flat = np.fromiter([w.index for w in windows], dtype=np.int64, count=len(windows))
+        data = self.gather(windows, flat)
+        index = PandasIndex(flat, batch_dim)
+        coords = dict(self.fixed)
+        coords.update(index.create_variables())
+        indexes = dict(self.fixed_indexes)
+        indexes[batch_dim] = index
+        dims = (batch_dim, *self.dims)
+        if not self.lean:  # pragma: no cover - a future xarray with other internals
+            variable = xr.Variable(dims, data, attrs=self.attrs.copy(), fastpath=True)
+            return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
+        return _direct(dims, data, self.attrs.copy(), coords, self.obj.name, indexes)
 
     def key(self, window: Window) -> tuple[slice, ...]:
         """Numpy index of the window's patch in the source data."""
@@ -288,24 +300,35 @@ class _FastCutter:
         if not self.lean:  # pragma: no cover - a future xarray with other internals
             variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)
             return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
-        # what Variable(..., fastpath=True) and DataArray._construct_direct store,
-        # without their per-call checks (the source's dims, data and labels are valid)
-        variable = _new(xr.Variable)
-        _set(variable, "_dims", self.dims)
-        _set(variable, "_data", data)
-        _set(variable, "_attrs", attrs)
-        _set(variable, "_encoding", None)
-        out = _new(xr.DataArray)
-        _set(out, "_variable", variable)
-        _set(out, "_coords", coords)
-        _set(out, "_name", self.obj.name)
-        _set(out, "_indexes", indexes)
-        _set(out, "_close", None)
-        return out
+        return _direct(self.dims, data, attrs, coords, self.obj.name, indexes)
 
 
 _new = object.__new__
 _set = object.__setattr__
+
+
+def _direct(
+    dims: tuple[Hashable, ...],
+    data: np.ndarray,
+    attrs: dict[Hashable, Any],
+    coords: dict[Hashable, Any],
+    name: Hashable,
+    indexes: dict[Hashable, Any],
+) -> xr.DataArray:
+    """What ``Variable(..., fastpath=True)`` and ``DataArray._construct_direct`` store,
+    without their per-call checks (the source's dims, data and labels are valid)."""
+    variable = _new(xr.Variable)
+    _set(variable, "_dims", dims)
+    _set(variable, "_data", data)
+    _set(variable, "_attrs", attrs)
+    _set(variable, "_encoding", None)
+    out = _new(xr.DataArray)
+    _set(out, "_variable", variable)
+    _set(out, "_coords", coords)
+    _set(out, "_name", name)
+    _set(out, "_indexes", indexes)
+    _set(out, "_close", None)
+    return out
 
 
 def _slots(cls: type) -> set[str]:

