@@ -497,3 +497,74 @@ def test_gathered_batch_is_identical_to_the_stacked_patches():
     batch = sampler.batch(windows, "patch")
     xr.testing.assert_identical(batch, stack([sampler(w) for w in windows], windows, "patch"))
     assert list(batch.indexes) == ["c", "patch"]
+
+
+def _small_batched():
+    """Batches of 256 patches of 32 x 32 float32 (1 MiB): big enough for the background."""
+    da = xr.DataArray(
+        np.random.default_rng(13).random((600, 700), dtype=np.float32), dims=("y", "x")
+    )
+    return da, dict(y=32, x=32, step=16, batch_size=256, weights="gaussian")
+
+
+def _batch_buffer_model():
+    buffers: dict[tuple[int, ...], np.ndarray] = {}
+
+    def model(b):  # one reused answer per batch shape
+        out = buffers.setdefault(b.shape, np.empty(b.shape, dtype=np.float32))
+        np.multiply(b.values, 2.0, out=out)
+        return b.copy(data=out)
+
+    return model
+
+
+def _batch_kept_model():
+    kept: list[xr.DataArray] = []
+
+    def model(b):  # keeps every answer (for inspection, say) and scribbles on the last
+        if kept:
+            kept[-1].values[...] = -1.0
+        kept.append(b * 2.0)
+        return kept[-1]
+
+    return model
+
+
+def _batch_fresh_model():
+    return lambda b: b * 2.0
+
+
+@pytest.mark.parametrize("make", [_batch_buffer_model, _batch_kept_model, _batch_fresh_model])
+def test_batched_models_that_keep_their_answers_are_safe(make):
+    da, kw = _small_batched()
+    out = da.patch.apply(make(), **kw)
+    expected = da.patch.apply(
+        lambda p: p * 2.0, **{k: v for k, v in kw.items() if k != "batch_size"}
+    )
+    np.testing.assert_allclose(out.values, expected.values, rtol=1e-5)
+
+
+def test_a_fresh_batch_is_added_in_the_background():
+    from xpatch._apply import batched_variables
+
+    da, _ = _small_batched()
+    agg = da.patch.aggregator(y=32, x=32, step=16, weights="gaussian")
+    windows = list(agg.grid)
+    assert len(windows) > 3 * 256
+
+    def batch(group):
+        data = np.stack([da.values[w.slices] * 2.0 for w in group]).astype(np.float32)
+        arr = xr.DataArray(data, dims=("patch", "y", "x"))
+        return [batched_variables(arr, len(group), "patch", None, None, "a batch")]
+
+    agg.add_batch(windows[:256], batch(windows[:256]), "patch")
+    assert agg._blend._pending is not None  # the caller may go on with the next batch
+    kept = batch(windows[256:512])
+    held = kept[0]  # the caller keeps it: added before the call returns
+    agg.add_batch(windows[256:512], kept, "patch")
+    assert agg._blend._pending is None
+    del held
+    for i in range(512, len(windows), 256):
+        agg.add_batch(windows[i : i + 256], batch(windows[i : i + 256]), "patch")
+    expected = da.patch.apply(lambda p: p * 2.0, y=32, x=32, step=16, weights="gaussian")
+    np.testing.assert_allclose(agg.result().values, expected.values, rtol=1e-5)

@@ -138,11 +138,11 @@ def run(
                 batch = sampler.batch(group, batch_dim)
                 result = _call(func, batch, where)
                 # windows of a batch share one shape: the layout is checked once per batch
-                variables, meta = batched_variables(
-                    result, len(group), batch_dim, default, output_dims, where
-                )
-                agg.add_batch(group, variables, meta, batch_dim)
-                del batch, result, variables  # not alive while func makes the next one
+                box = [
+                    batched_variables(result, len(group), batch_dim, default, output_dims, where)
+                ]
+                del batch, result  # handed over: not alive here while func makes the next one
+                agg.add_batch(group, box, batch_dim)
                 if bar is not None:
                     bar.update(len(group))
         agg.settle()

@@ -26,7 +26,7 @@ import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_all
 from typing import Any
@@ -110,6 +110,20 @@ class Blender:
             fut.result()
         job.report()
 
+    def submit(self, task: Callable[[], None], background: bool = False) -> None:
+        """Run ``task`` (which writes to accumulation buffers), in the background if asked.
+
+        The same contract as a background blend: whatever ``task`` reads must not
+        change, and what it writes must not be read, before :meth:`wait`.
+        """
+        if self._pending is not None:
+            self.wait()
+        if not background or self.threads < 2:
+            task()
+            return
+        job = _Job([], 0, None, task)
+        self._pending = (job, [_executor(self.threads - 1).submit(self._take, 1, job)])
+
     def __call__(
         self,
         target: np.ndarray,
@@ -152,6 +166,11 @@ class Blender:
             self._take_blocks(slot, job)
 
     def _take_blocks(self, slot: int, job: _Job) -> None:
+        if job.task is not None:
+            if next(job.counter) == 0:  # whichever thread comes first runs it
+                task, job.task = job.task, None
+                task()
+            return
         arrays = job.arrays
         if arrays is None:  # every block was taken before this thread started
             return
@@ -200,14 +219,16 @@ class _Job:
     its own ``np.errstate`` says, as if the calling thread had done all the work.
     """
 
-    __slots__ = ("arrays", "axis", "blocks", "counter", "errors", "mode")
+    __slots__ = ("arrays", "axis", "blocks", "counter", "errors", "mode", "task")
 
     def __init__(
         self,
         blocks: Sequence[tuple[int, int]],
         axis: int,
         arrays: tuple[np.ndarray, np.ndarray, Sequence[np.ndarray]] | None,
+        task: Callable[[], None] | None = None,
     ) -> None:
+        self.task = task  # or one piece of work, run by one thread
         self.counter = itertools.count()
         self.blocks = blocks
         self.axis = axis

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._blend import THREAD_BYTES, Blender, ref_counts, sole_owner
+from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, ref_counts, sole_owner
 from xpatch._chunks import (
     _DEFAULT,
     Variables,
@@ -432,34 +432,50 @@ class Aggregator:
                 self._finish(cpos)
 
     def add_batch(
-        self, windows: Sequence[Window], variables: Variables, meta: Meta, batch_dim: Hashable
+        self, windows: Sequence[Window], box: list[tuple[Variables, Meta]], batch_dim: Hashable
     ) -> None:
         """Add the results of a batch of equally shaped windows, stacked along ``batch_dim``.
 
-        The layout is checked once, on the first window; the others only need
-        their place in the output. Where the batch allows it (one chunk, built-in
-        weights, one variable whose spatial dims come last, small patches inside
-        the array) the whole batch is added at once: windows that cannot overlap
-        are added together through a strided view of the output.
+        ``box`` holds the batch's (variables, meta), handed over as in
+        :meth:`add_result`. The layout is checked once, on the first window; the
+        others only need their place in the output. Where the batch allows it (one
+        chunk, built-in weights, one variable whose spatial dims come last, small
+        patches inside the array) the whole batch is added at once: windows that
+        cannot overlap are added together through a strided view of the output,
+        in the background when nothing but this method holds the batch.
         """
+        variables, meta = box.pop()
         per = []
         for name, (dims, data) in variables.items():
             axis = dims.index(batch_dim)
             if axis:
                 data = np.moveaxis(data, axis, 0)
             per.append((name, dims[:axis] + dims[axis + 1 :], data))
+        del variables, data
         self.add_variables(windows[0], {name: (d, data[0]) for name, d, data in per}, meta)
         rest = windows[1:]
         for window in rest:
             if self._added[window.index]:
                 raise AggregationError(f"{window!r} was already added; each window is added once")
-        if len(rest) > 1 and len(per) == 1 and self._add_at_once(rest, *per[0]):
-            return
+        if len(rest) > 1 and len(per) == 1:
+            name, dims, data = per.pop()
+            background = False
+            if data.nbytes >= BLOCK_BYTES:  # worth handing to another thread
+                counts = ref_counts(data)
+                background = sole_owner(data, counts)
+            if self._add_at_once(rest, name, dims, data, background):
+                return
+            per.append((name, dims, data))
         for i, window in enumerate(rest, 1):
             self._add_checked(window, {n: (d, arr[i]) for n, d, arr in per})
 
     def _add_at_once(
-        self, windows: Sequence[Window], name: Hashable, dims: tuple[Hashable, ...], data: Any
+        self,
+        windows: Sequence[Window],
+        name: Hashable,
+        dims: tuple[Hashable, ...],
+        data: Any,
+        background: bool = False,
     ) -> bool:
         """Vectorised add of ``data[1:]`` for ``windows``; False if the batch does not qualify."""
         if self._single is None or self._custom or dims != self._spec[name][0]:
@@ -495,14 +511,18 @@ class Aggregator:
         colour = np.zeros(len(windows), dtype=np.int64)
         for i in range(k):
             colour = colour * self._colours(i) + positions[:, i] % self._colours(i)
-        # one vectorised add per group of windows that cannot overlap (temporaries of a
-        # group's size only)
-        for c in np.unique(colour):
-            sel = np.flatnonzero(colour == c)
-            w = distinct[0] if stacked is None else stacked[inverse[sel]]
-            contrib = np.multiply(data[sel + 1], w)  # promoted as in the per-window path
-            index = (*(slice(None),) * lead, *(starts[sel, i] for i in range(k)))
-            view[index] += np.moveaxis(contrib, 0, lead)
+
+        def add() -> None:
+            # one vectorised add per group of windows that cannot overlap (temporaries
+            # of a group's size only)
+            for c in np.unique(colour):
+                sel = np.flatnonzero(colour == c)
+                w = distinct[0] if stacked is None else stacked[inverse[sel]]
+                contrib = np.multiply(data[sel + 1], w)  # promoted as in the per-window path
+                index = (*(slice(None),) * lead, *(starts[sel, i] for i in range(k)))
+                view[index] += np.moveaxis(contrib, 0, lead)
+
+        self._blend.submit(add, background)
         self._added[[w.index for w in windows]] = True
         self._n_added += len(windows)
         self._outstanding[cpos] -= len(windows)
