@@ -36,6 +36,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -849,7 +850,9 @@ def report(results, workloads, peers, args, bandwidth, wall) -> tuple[str, list[
         ' tiler (the same kernel passed as `window=`) and MONAI (`mode="gaussian"`,'
         " `sigma_scale=0.125`, `overlap=1 - step/size`); TorchIO has no gaussian and uses"
         ' `overlap_mode="hann"`. Each run is a fresh process forked from one that'
-        " has only imported the peer's packages (`--spawn`: a new interpreter per run).\n"
+        " has only imported the peer's packages (`--spawn`: a new interpreter per run);"
+        " repetitions are interleaved, and in each one the peers of a workload run in a"
+        " shuffled (seeded) order.\n"
     )
     md.append(
         "Floor lines: **floor loop** is the bare numpy loop `out[sl] += img[sl] * w` over the"
@@ -1044,7 +1047,16 @@ def parent(args) -> int:
     total = len(todo) * args.repeats
     k = 0
     for rep in range(args.repeats):  # interleave repeats to spread drift over peers
-        for w, p in todo:
+        # and shuffle the peers of each workload (seeded: reproducible), so that none
+        # always runs right after the same one (a peer leaving 1 GB of freed memory
+        # makes the next first touches slower)
+        order = random.Random(rep)
+        sequence = []
+        for w in workloads:
+            group = [j for j in todo if j[0] == w]
+            order.shuffle(group)
+            sequence += group
+        for w, p in sequence:
             k += 1
             t0 = time.perf_counter()
             r = run_one(args, zygotes, p, w)
