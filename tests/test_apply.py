@@ -311,6 +311,23 @@ def test_bare_array_batched_result_output_dims(batch_size):
     np.testing.assert_allclose(out.values, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_batched_output_dims_place_the_batch_dim_anywhere(lazy):
+    """A bare batched answer laid out as output_dims says, batch dim included."""
+    da = xr.DataArray(np.random.default_rng(5).random((40, 36)), dims=("y", "x"))
+    if lazy:
+        da = da.chunk({"y": 20, "x": 18})
+    kw = dict(y=8, x=8, step=4, weights="mean")
+    expected = da.patch.apply(lambda p: p * 2.0, **kw)
+
+    def func(b):  # (patch, y, x) in, (y, patch, x) out
+        return np.ascontiguousarray(np.transpose(np.asarray(b) * 2.0, (1, 0, 2)))
+
+    out = da.patch.apply(func, batch_size=8, output_dims=("y", "patch", "x"), **kw)
+    assert out.dims == ("y", "x")
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), rtol=1e-12)
+
+
 def test_batched_output_dims_must_name_batch_dim():
     da = xr.DataArray(np.zeros((8, 8)), dims=("y", "x"))
     func = Recorder()

@@ -167,7 +167,12 @@ def batched_variables(
     where: Any,
 ) -> tuple[dict[Hashable, Any], Meta]:
     """A batched result as named arrays that all hold ``batch_dim`` of length ``n``."""
-    dims_hint = None if output_dims is None else (batch_dim, *output_dims)
+    if output_dims is None:
+        dims_hint = None
+    elif batch_dim in output_dims:  # where the user put it
+        dims_hint = tuple(output_dims)
+    else:
+        dims_hint = (batch_dim, *output_dims)
     variables, meta = split(
         result,
         spatial=(batch_dim,),
@@ -245,7 +250,7 @@ def apply(
         agg,
         batch_size=batch_size,
         batch_dim=batch_dim,
-        output_dims=agg_dims,
+        output_dims=None if output_dims is None else tuple(output_dims),  # batch dim in place
         ordered=chunks is not None,
         progress=progress,
         skip=skip,

@@ -228,8 +228,8 @@ class PatchAccessor:
         batch_dim : hashable, default: "patch"
             Name of the dim along which batches are stacked.
         output_dims : sequence of hashable, optional
-            Dims of a bare-array result (with ``batch_dim`` when batching);
-            default: the patch's dims.
+            Dims of a bare-array result, in its axis order (with ``batch_dim``,
+            at any position, when batching); default: the patch's dims.
         chunks : int or mapping of hashable to int, optional
             Aggregation regions per spatial dim. A chunk is finished, passed to
             ``on_chunk`` and written as soon as its last patch is added. Chunks

@@ -162,7 +162,7 @@ def _patch_task(func: Callable[[Any], Any], spec: _PatchSpec, *blocks: Any) -> l
     return [
         v
         for v, _ in unbatch(
-            result, len(spec.windows), spec.batch_dim, default, spec.output_dims, where
+            result, len(spec.windows), spec.batch_dim, default, spec.batch_output_dims, where
         )
     ]
 
@@ -239,6 +239,7 @@ def apply_lazy(
         "spatial": grid.dims,
         "default_dims": tuple(obj.dims) if isinstance(obj, xr.DataArray) else None,
         "output_dims": agg_dims,
+        "batch_output_dims": None if output_dims is None else tuple(output_dims),
         "batch_dim": None if batch_size is None else batch_dim,
     }
 
@@ -287,7 +288,10 @@ def apply_lazy(
             if batch_size is not None:
                 result0 = func(stack([patch0], [first], batch_dim))
                 default = (batch_dim, *obj.dims) if base_spec["default_dims"] else None
-                ((v0, m0),) = list(unbatch(result0, 1, batch_dim, default, agg_dims, repr(first)))
+                batched_dims = base_spec["batch_output_dims"]
+                ((v0, m0),) = list(
+                    unbatch(result0, 1, batch_dim, default, batched_dims, repr(first))
+                )
                 return v0, m0
             return split(
                 func(patch0),
