@@ -219,6 +219,10 @@ class PatchAccessor:
             DataArray/Dataset (its dims and non-spatial coords are used) or an
             array-like (named by ``output_dims``). Non-spatial dims may change
             (bands in, classes out); spatial sizes must stay those of the patch.
+            It is called on the calling thread, one patch or batch at a time. A
+            large fresh result is blended on helper threads while ``func`` makes
+            the next one; a result ``func`` may still write to (a reused buffer,
+            a view of its input) is blended before ``func`` is called again.
         size, step, border, pad_mode, **size_kwargs
             The grid, as for :meth:`grid`.
         weights : {"gaussian", "mean", "hann"}, Kernel, array-like or callable
