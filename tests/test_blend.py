@@ -205,48 +205,41 @@ def test_each_result_is_released_before_func_is_called_again(batch_size):
 
 # --- background blending of results nothing else holds ---------------------------------------
 def test_sole_owner_only_for_memory_nothing_else_can_reach():
-    """The counts are taken where one local name is the only reference the caller knows of."""
+    """Called where one local name is the only reference the caller knows of."""
     import weakref
 
-    from xpatch._blend import ref_counts, sole_owner
+    from xpatch._blend import sole_owner
 
     def fresh():
         data = np.zeros(8)
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def fresh_view():
         data = np.zeros(8)[2:]
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def another_name():
         data = np.zeros(8)
         keep = data  # noqa: F841
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def owner_kept():
         owner = np.zeros(8)
         data = owner[2:]
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def weakly_watched():
         data = np.zeros(8)
         watch = weakref.ref(data)  # noqa: F841
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def foreign_memory():
         data = np.frombuffer(bytearray(64))
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     def subclass():
         data = np.ma.zeros(8)
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     assert fresh() and fresh_view()
     assert not any(f() for f in (another_name, owner_kept, weakly_watched, foreign_memory))
@@ -463,12 +456,11 @@ def test_no_background_blending_under_a_tracer():
     """A debugger may hold frame locals: the reference counts prove nothing then."""
     import sys
 
-    from xpatch._blend import ref_counts, sole_owner
+    from xpatch._blend import sole_owner
 
     def fresh():
         data = np.zeros(8)
-        counts = ref_counts(data)
-        return sole_owner(data, counts)
+        return sole_owner(data)
 
     previous = sys.gettrace()
     sys.settrace(lambda frame, event, arg: None)

@@ -23,8 +23,13 @@ def check_apply_args(
     batch_size: Any,
     batch_dim: Hashable,
     output_dims: Sequence[Hashable] | None,
-) -> tuple[int | None, tuple[Hashable, ...] | None]:
-    """Validate the arguments of ``apply`` that the grid and aggregator do not check."""
+) -> tuple[int | None, tuple[Hashable, ...] | None, tuple[Hashable, ...] | None]:
+    """Validate the arguments of ``apply`` that the grid and aggregator do not check.
+
+    Returns ``batch_size``, the dims of one window's result (for the aggregator)
+    and, when batching, the dims of a batched result with ``batch_dim`` where the
+    user put it.
+    """
     if not callable(func):
         raise TypeError(f"func must be callable, got {type(func).__name__}")
     if batch_size is not None:
@@ -35,16 +40,16 @@ def check_apply_args(
                 " choose another name"
             )
     if output_dims is None:
-        return batch_size, None
+        return batch_size, None, None
     output_dims = tuple(output_dims)
-    if batch_size is not None:
-        if batch_dim not in output_dims:
-            raise DimensionError(
-                f"output_dims {output_dims} must name the batch dim {batch_dim!r} when"
-                " batch_size is given"
-            )
-        output_dims = tuple(d for d in output_dims if d != batch_dim)
-    return batch_size, output_dims
+    if batch_size is None:
+        return batch_size, output_dims, None
+    if batch_dim not in output_dims:
+        raise DimensionError(
+            f"output_dims {output_dims} must name the batch dim {batch_dim!r} when"
+            " batch_size is given"
+        )
+    return batch_size, tuple(d for d in output_dims if d != batch_dim), output_dims
 
 
 def batches(
@@ -109,7 +114,7 @@ def run(
     *,
     batch_size: int | None,
     batch_dim: Hashable,
-    output_dims: tuple[Hashable, ...] | None,
+    batch_dims: tuple[Hashable, ...] | None,
     ordered: bool,
     progress: bool,
     skip: np.ndarray | None = None,
@@ -138,9 +143,7 @@ def run(
                 batch = sampler.batch(group, batch_dim)
                 result = _call(func, batch, where)
                 # windows of a batch share one shape: the layout is checked once per batch
-                box = [
-                    batched_variables(result, len(group), batch_dim, default, output_dims, where)
-                ]
+                box = [batched_variables(result, len(group), batch_dim, default, batch_dims, where)]
                 del batch, result  # handed over: not alive here while func makes the next one
                 agg.add_batch(group, box, batch_dim)
                 if bar is not None:
@@ -166,18 +169,15 @@ def batched_variables(
     output_dims: Sequence[Hashable] | None,
     where: Any,
 ) -> tuple[dict[Hashable, Any], Meta]:
-    """A batched result as named arrays that all hold ``batch_dim`` of length ``n``."""
-    if output_dims is None:
-        dims_hint = None
-    elif batch_dim in output_dims:  # where the user put it
-        dims_hint = tuple(output_dims)
-    else:
-        dims_hint = (batch_dim, *output_dims)
+    """A batched result as named arrays that all hold ``batch_dim`` of length ``n``.
+
+    ``output_dims`` names the axes of a bare-array result, ``batch_dim`` included.
+    """
     variables, meta = split(
         result,
         spatial=(batch_dim,),
         default_dims=default_dims,
-        output_dims=dims_hint,
+        output_dims=output_dims,
         what=f"func's result for {where}",
     )
     meta.coords = {k: v for k, v in meta.coords.items() if batch_dim not in v.dims}
@@ -230,7 +230,9 @@ def apply(
     A ``sink`` that recorded finished chunks (``sink.done``, a resumed zarr store)
     makes the run skip the windows that touch only those chunks.
     """
-    batch_size, agg_dims = check_apply_args(obj, func, batch_size, batch_dim, output_dims)
+    batch_size, agg_dims, batch_dims = check_apply_args(
+        obj, func, batch_size, batch_dim, output_dims
+    )
     agg = Aggregator(
         obj,
         grid,
@@ -250,7 +252,7 @@ def apply(
         agg,
         batch_size=batch_size,
         batch_dim=batch_dim,
-        output_dims=None if output_dims is None else tuple(output_dims),  # batch dim in place
+        batch_dims=batch_dims,
         ordered=chunks is not None,
         progress=progress,
         skip=skip,

@@ -266,21 +266,19 @@ def _split_axis(shape: tuple[int, ...]) -> int:
 
 
 def ref_counts(a: np.ndarray) -> tuple[int, int]:
-    """References to ``a`` and to the array owning its memory (0 if ``a`` owns it).
-
-    Take them as ``counts = ref_counts(name)``, in a statement of its own, in a
-    function whose local ``name`` is the only reference to ``a`` that the
-    caller knows of: :func:`sole_owner` compares them with the counts of
-    exactly that situation, measured the same way (:func:`_probe`).
-    """
+    """References to ``a`` and to the array owning its memory (0 if ``a`` owns it)."""
     base = a.base
     return sys.getrefcount(a), 0 if base is None else sys.getrefcount(base)
 
 
+def _counts_as_in_sole_owner(a: np.ndarray) -> tuple[int, int]:
+    counts = ref_counts(a)  # called at the same depth as in sole_owner
+    return counts
+
+
 def _probe() -> tuple[int, int]:
     data = np.empty(2)[:1]  # one local name; the owner is held by the view only
-    counts = ref_counts(data)
-    return counts
+    return _counts_as_in_sole_owner(data)
 
 
 _sole_counts: tuple[int, int] | None = None  # measured on first use, never under a tracer
@@ -288,29 +286,35 @@ _sole_counts: tuple[int, int] | None = None  # measured on first use, never unde
 _COUNTS_EXACT = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
-def sole_owner(a: Any, counts: tuple[int, int]) -> bool:
+def sole_owner(a: Any, min_bytes: int = 0) -> bool:
     """Whether nothing but the caller's local name can reach ``a``'s memory.
 
-    ``counts`` is ``ref_counts(name)``, taken as described there. True only for
-    a plain numeric ndarray that owns its memory or is a view of one, when
-    neither is referenced (weak references included) by anything else: then no
-    other code can write to that memory while it is blended in the background.
-    Anything else (a view of the input, a buffer a model keeps for its next
-    call, memory owned by another library, object arrays whose elements the
-    model may keep) gives False, and is blended at once. So does any call under
-    a debugger, tracer or profiler, which may hold frame locals (and so add
-    references) behind the counts' back.
+    Call it as ``sole_owner(name)`` from a function whose local ``name`` is the
+    only reference to ``a`` that the caller knows of: the reference counts are
+    compared with those of exactly that situation, measured the same way
+    (:func:`_probe`). True only for a plain numeric ndarray of at least
+    ``min_bytes`` that owns its memory or is a view of one, when neither is
+    referenced (weak references included) by anything else: then no other code
+    can write to that memory while it is blended in the background. Anything
+    else (a view of the input, a buffer a model keeps for its next call, memory
+    owned by another library, object arrays whose elements the model may keep)
+    gives False, and is blended at once. So does any call under a debugger,
+    tracer or profiler, which may hold frame locals (and so add references)
+    behind the counts' back.
     """
     global _sole_counts
     if (
         not _COUNTS_EXACT
         or type(a) is not np.ndarray
+        or a.nbytes < min_bytes
         or a.dtype.kind not in "biufc"
         or weakref.getweakrefcount(a)
         or sys.gettrace() is not None
         or sys.getprofile() is not None
     ):
         return False
+    # before any other name in this frame refers to a or its owner (see _probe)
+    counts = ref_counts(a)
     if _sole_counts is None:
         _sole_counts = _probe()
     base = a.base

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, ref_counts, sole_owner
+from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, sole_owner
 from xpatch._chunks import (
     _DEFAULT,
     Variables,
@@ -353,10 +353,8 @@ class Aggregator:
                         shape = self._expected_shape(window.shape)
                 if data.shape == shape:
                     del result  # the data may now be ours alone
-                    background = False
-                    if data.nbytes >= THREAD_BYTES:  # smaller ones are blended at once anyway
-                        counts = ref_counts(data)
-                        background = sole_owner(data, counts)
+                    # smaller results are blended at once anyway
+                    background = sole_owner(data, THREAD_BYTES)
                     if self._single_plain and not self._finished_b[0]:
                         self._add_single(window, data, background)
                     else:
@@ -459,10 +457,7 @@ class Aggregator:
                 raise AggregationError(f"{window!r} was already added; each window is added once")
         if len(rest) > 1 and len(per) == 1:
             name, dims, data = per.pop()
-            background = False
-            if data.nbytes >= BLOCK_BYTES:  # worth handing to another thread
-                counts = ref_counts(data)
-                background = sole_owner(data, counts)
+            background = sole_owner(data, BLOCK_BYTES)  # smaller: not worth another thread
             if self._add_at_once(rest, name, dims, data, background):
                 return
             per.append((name, dims, data))

@@ -206,7 +206,9 @@ def apply_lazy(
     import dask.array as dsa
     from dask.highlevelgraph import HighLevelGraph
 
-    batch_size, agg_dims = check_apply_args(obj, func, batch_size, batch_dim, output_dims)
+    batch_size, agg_dims, batch_dims = check_apply_args(
+        obj, func, batch_size, batch_dim, output_dims
+    )
     out_chunks = chunks if chunks is not None else default_chunks(obj, grid)
     if isinstance(obj, xr.Dataset) and any(v.chunks is None for v in obj.data_vars.values()):
         obj = obj.chunk({})
@@ -239,7 +241,7 @@ def apply_lazy(
         "spatial": grid.dims,
         "default_dims": tuple(obj.dims) if isinstance(obj, xr.DataArray) else None,
         "output_dims": agg_dims,
-        "batch_output_dims": None if output_dims is None else tuple(output_dims),
+        "batch_output_dims": batch_dims,
         "batch_dim": None if batch_size is None else batch_dim,
     }
 
@@ -288,10 +290,7 @@ def apply_lazy(
             if batch_size is not None:
                 result0 = func(stack([patch0], [first], batch_dim))
                 default = (batch_dim, *obj.dims) if base_spec["default_dims"] else None
-                batched_dims = base_spec["batch_output_dims"]
-                ((v0, m0),) = list(
-                    unbatch(result0, 1, batch_dim, default, batched_dims, repr(first))
-                )
+                ((v0, m0),) = list(unbatch(result0, 1, batch_dim, default, batch_dims, repr(first)))
                 return v0, m0
             return split(
                 func(patch0),
