@@ -113,6 +113,92 @@ def test_any_order_of_adding_gives_the_same_result(case, weights, data):
     )
 
 
+# --- small results gathered and added together ------------------------------------
+def _gather_tiny(mp: pytest.MonkeyPatch) -> None:
+    """Gather results of tiny arrays too, a few at a time (several runs, leftovers)."""
+    from xpatch import aggregate
+
+    mp.setattr(aggregate, "STAGE_MIN", 2)
+    mp.setattr(aggregate, "STAGE_SHARE", 1)
+    mp.setattr(aggregate, "STAGE_WINDOWS", 5)
+
+
+@settings(deadline=None)
+@given(case=cases(), weights=st.sampled_from(WEIGHTS), data=st.data())
+def test_gathered_results_match_reference_in_any_order(case, weights, data):
+    da = make_array(case)
+    kw = grid_kwargs(case)
+    patches = list(da.patch.sample(**kw))
+    order = data.draw(st.permutations(range(len(patches))))
+    with pytest.MonkeyPatch.context() as mp:
+        _gather_tiny(mp)
+        agg = da.patch.aggregator(weights=weights, **kw)
+        for i in order:
+            agg.add(func(patches[i]), agg.grid[i])
+        out = agg.result()
+        applied = da.patch.apply(func, weights=weights, **kw)
+    expected = ref_for(case, da, builtin_weights(weights), func_np)
+    np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(applied.values, expected, rtol=1e-9, atol=1e-9)
+
+
+def _many_small(dims=("y", "x"), shape=(512, 512)):
+    rng = np.random.default_rng(5)
+    coords = {d: np.arange(n) * 0.5 for d, n in zip(dims, shape) if d != "band"}
+    return xr.DataArray(rng.random(shape, dtype=np.float32), dims=dims, coords=coords)
+
+
+@pytest.mark.parametrize("weights", ["mean", "gaussian"])
+@pytest.mark.parametrize(
+    "dims, shape", [(("y", "x"), (512, 512)), (("band", "y", "x"), (2, 384, 512))]
+)
+def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
+    """1 KiB patches on a 1 MiB output: gathered by default, same result as one by one."""
+    from xpatch import aggregate
+
+    da = _many_small(dims, shape)
+    kw = dict(y=16, x=16, step=8, weights=weights)
+    agg = da.patch.aggregator(**kw)
+    for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
+        agg.add(patch.values.copy(), window)
+    assert agg._stage is not None and agg._stage.n >= aggregate.STAGE_MIN
+    gathered = agg.result()
+    assert float(abs(gathered - da).max()) < 1e-6  # identity round trip
+    applied = da.patch.apply(lambda p: p.values.copy(), **kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aggregate, "STAGE_WINDOWS", 0)  # one by one
+        one_by_one = da.patch.apply(lambda p: p.values.copy(), **kw)
+    for out in (gathered, applied):
+        xr.testing.assert_allclose(out, one_by_one, rtol=1e-6, atol=1e-6)
+        assert out.dtype == np.float32
+
+
+def test_gathered_results_partial_twice_and_other_dtypes():
+    """Gathered windows count as added at once: for partial results, twice-added errors
+    and a result dtype that changes (those are added one by one, still correctly)."""
+    from xpatch import aggregate
+
+    da = _many_small()
+    kw = dict(y=16, x=16, step=8, weights="gaussian")
+    patches = list(da.patch.sample(y=16, x=16, step=8))
+    reference_agg = da.patch.aggregator(**kw)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aggregate, "STAGE_WINDOWS", 0)
+        for i in range(0, len(patches), 3):
+            reference_agg.add(patches[i].values.astype(np.float64), reference_agg.grid[i])
+        expected = reference_agg.result(partial=True)
+    agg = da.patch.aggregator(**kw)
+    for i in range(0, len(patches), 3):
+        result = patches[i].values.copy()
+        agg.add(result if i % 2 else result.astype(np.float64), agg.grid[i])
+    assert agg.n_added == reference_agg.n_added
+    with pytest.raises(AggregationError, match="already added"):
+        agg.add(patches[3].values.copy(), agg.grid[3])
+    partial = agg.result(partial=True)
+    xr.testing.assert_allclose(partial, expected, rtol=1e-6, atol=1e-6)
+    assert np.isnan(partial.values).any()
+
+
 @pytest.mark.parametrize("pad_mode", ["constant", "edge", "reflect", "symmetric", "wrap"])
 def test_locate_pad_border_patches_by_extrapolated_coords(pad_mode):
     da = image(8, 11)

@@ -471,6 +471,28 @@ def test_no_background_blending_under_a_tracer():
     assert fresh() or previous is not None
 
 
+def test_fast_patches_are_identical_to_isel_for_any_window():
+    """Coords cached per grid position never leak to a window of another grid."""
+    from xpatch._sampling import Sampler
+    from xpatch.grid import Window
+
+    rng = np.random.default_rng(11)
+    da = xr.DataArray(
+        rng.random((2, 30, 20)),
+        dims=("c", "y", "x"),
+        coords={"c": ["a", "b"], "y": np.arange(30) * 2.0, "x": np.arange(20), "t": 5},
+        name="v",
+        attrs={"units": "K"},
+    )
+    grid = da.patch.grid(y=8, x=6, step=4)
+    sampler = Sampler(da, grid)
+    assert sampler._fast is not None
+    other = da.patch.grid(y=8, x=6, step=3)  # same positions, other slices
+    hand = Window(dims=("y", "x"), slices=(slice(5, 13), slice(1, 7)), index=0)
+    for w in [*grid, *other, hand, *grid]:
+        xr.testing.assert_identical(sampler(w), da.isel(dict(w)))
+
+
 def test_gathered_batch_is_identical_to_the_stacked_patches():
     """The directly built batch: same data, coords, indexes, name and attrs as stacking."""
     from xpatch._sampling import Sampler, stack

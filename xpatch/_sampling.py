@@ -187,6 +187,12 @@ class _FastCutter:
         self.views: dict[tuple[int, ...], np.ndarray] = {}
         self.lean = _lean_variables()
         self.attrs = dict(obj.attrs)
+        # per axis and window position: its coords and indexes (few positions per axis)
+        self.by_position: list[list[Any] | None] = [
+            [None] * n if n <= 4096 else None for n in self.counts
+        ]
+        # the data's dims are the grid's, in order: the window's slices index it as they are
+        self.plain = self.dims == tuple(grid.dims)
 
     @classmethod
     def make(cls, obj: Any, grid: PatchGrid) -> _FastCutter | None:
@@ -280,14 +286,21 @@ class _FastCutter:
         return tuple(key)
 
     def __call__(self, window: Window) -> xr.DataArray:
-        key = self.key0.copy()
         coords = self.fixed.copy()
         indexes = self.fixed_indexes.copy()
         slices = window.slices
-        for i, d, ax in self.order:
+        position = window.position
+        if len(position) != len(slices):  # a window made by hand: no grid position
+            position = (-1,) * len(slices)
+        for (i, d, _), cache, p in zip(self.order, self.by_position, position):
             s = slices[i]
-            key[ax] = s
-            c, idx = self._axis_coords(d, s)
+            if cache is None or not 0 <= p < len(cache):
+                c, idx = self._axis_coords(d, s)
+            else:
+                hit = cache[p]
+                if hit is None or hit[2] != s:  # (a window of another grid)
+                    hit = cache[p] = (*self._axis_coords(d, s), s)
+                c, idx = hit[0], hit[1]
             coords.update(c)
             indexes.update(idx)
         if self.multi:
@@ -295,7 +308,7 @@ class _FastCutter:
             for name in self.multi:
                 var = self.obj.coords[name].variable
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
-        data = self.data[tuple(key)]
+        data = self.data[slices if self.plain else self.key(window)]
         attrs = self.attrs.copy()
         if not self.lean:  # pragma: no cover - a future xarray with other internals
             variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)

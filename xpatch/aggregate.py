@@ -51,6 +51,13 @@ from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
 __all__ = ["Aggregator"]
 
 BATCH_BYTES = 1 << 16  # patches up to this size are added a whole batch at a time
+# small single results are gathered and added together: at most this many, in a
+# buffer of at most STAGE_BYTES and 1/STAGE_SHARE of the output, and only if at
+# least STAGE_MIN fit
+STAGE_WINDOWS = 256
+STAGE_BYTES = 1 << 19
+STAGE_SHARE = 32
+STAGE_MIN = 16
 
 # per axis: source slice, destination slice, weight-factor key, factor cut
 _Part = tuple[slice, slice, tuple[int, int, int], tuple[int, int, int]]
@@ -153,6 +160,7 @@ class Aggregator:
         self._lean: tuple[type, tuple[Hashable, ...]] | None = None
         self._single_plain = False
         self._uniform: tuple[int, ...] | None = None
+        self._stage: _Stage | None = None
         self._expected: dict[tuple[int, ...], tuple[int, ...]] = {}
         self._n_colours: dict[int, int] = {}
         self._meta: Meta | None = None
@@ -353,6 +361,14 @@ class Aggregator:
                         shape = self._expected_shape(window.shape)
                 if data.shape == shape:
                     del result  # the data may now be ours alone
+                    stage = self._stage
+                    if (
+                        stage is not None
+                        and stage.inside[window.index]
+                        and data.dtype == stage.dtype
+                    ):
+                        self._add_staged(stage, window, data)
+                        return
                     # smaller results are blended at once anyway
                     background = sole_owner(data, THREAD_BYTES)
                     if self._single_plain and not self._finished_b[0]:
@@ -376,6 +392,138 @@ class Aggregator:
             )
             if all(len(set(sizes)) == 1 for sizes in self._sizes_l):  # one patch shape
                 self._uniform = self._expected_shape(window.shape)
+                self._stage = self._plan_stage(variables[THIS][0], variables[THIS][1])
+
+    def _plan_stage(self, dims: tuple[Hashable, ...], data: np.ndarray) -> _Stage | None:
+        """A gathering buffer for small single results, if they may be added together.
+
+        Adding a 32 x 32 patch costs a few numpy calls, whatever the patch: for many
+        small patches that overhead is most of the work. Results of windows inside
+        the array are copied into a buffer and added a whole buffer at a time, one
+        strided view of the output per run of windows that cannot overlap (see
+        :meth:`_runs`). The windows count as added at once; every read of the output
+        buffers (:meth:`_drain`) adds what is gathered first.
+        """
+        if self._single is None or self._custom or self._uniform is None:
+            return None
+        buf = self._buffers.get(self._single[0], {}).get(THIS)
+        k = len(self.dims)
+        if buf is None or self._axes_of[THIS] != list(range(buf.ndim - k, buf.ndim)):
+            return None
+        if data.nbytes > BATCH_BYTES:
+            return None  # large patches: the per-window path shares them across threads
+        # at most a few percent of the output, as the cached weights
+        room = min(STAGE_BYTES, self._buffer_bytes // STAGE_SHARE)
+        n = min(STAGE_WINDOWS, room // max(data.nbytes, 1))
+        if n < STAGE_MIN:
+            return None
+        inside = np.ones((), dtype=bool)
+        for ax in self.grid.axes:
+            inside = np.logical_and.outer(
+                inside, (ax.starts >= 0) & (ax.starts + ax.sizes <= ax.length)
+            )
+        return _Stage(bytearray(inside.ravel().tobytes()), data.shape, data.dtype, n)
+
+    def _add_staged(self, stage: _Stage, window: Window, data: np.ndarray) -> None:
+        """Gather one small result; add the gathered ones when the buffer is full."""
+        index = window.index
+        if self._added_b[index]:
+            raise AggregationError(f"{window!r} was already added; each window is added once")
+        k = len(stage.indices)
+        stage.array[k] = data
+        stage.indices.append(index)
+        self._added_b[index] = 1
+        self._n_added += 1
+        left = self._outstanding_a[0] - 1  # the single chunk
+        self._outstanding_a[0] = left
+        if k + 1 == stage.n:
+            self._flush_stage()
+        if not left:
+            self._finish(self._single[0])  # type: ignore[index]
+
+    def _flush_stage(self) -> None:
+        """Add the gathered results, on the calling thread.
+
+        (Handing them to a helper thread costs more than it saves: the add is
+        mostly Python-level work on small views, so the two threads would take
+        turns on the interpreter lock.)
+        """
+        stage = self._stage
+        if stage is None or not stage.indices:
+            return
+        indices, stage.indices = stage.indices, []
+        data = stage.array[: len(indices)]
+        self._blend.wait()
+        self._add_runs(self._runs(np.array(indices)), data)
+
+    def _runs(self, index: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+        """The gathered windows as runs along the last axis that one strided view can take.
+
+        A run holds windows of one grid row whose positions step by the number of
+        colours of the last axis (so they cannot overlap) and whose starts step evenly,
+        with equal normalised weights. Returns each run's rows in the gathering
+        buffer, the step of its starts and its first window's index.
+        """
+        counts = tuple(len(starts) for starts in self._starts_l)
+        pos = np.unravel_index(index, counts)
+        last = pos[-1]
+        m = self._colours(len(counts) - 1)
+        row = index // counts[-1]
+        code = np.zeros(len(index), dtype=np.int64)
+        for i, p in enumerate(pos):
+            code = code * (len(self._factors[i]) + 1) + self._ids_a[i][p]
+        order = np.lexsort((last, last % m, row))
+        last, row, code = last[order], row[order], code[order]
+        starts = self._starts_a[-1][last]
+        step = np.diff(starts)
+        joined = (np.diff(row) == 0) & (np.diff(last) == m) & (np.diff(code) == 0)
+        # a run's starts step evenly (a cut before a pair frees it from the pair before)
+        joined[1:] &= (step[1:] == step[:-1]) | ~joined[:-1]
+        cuts = np.flatnonzero(~joined) + 1
+        first = index[order]
+        return [
+            (order[a:b], int(step[a]) if b - a > 1 else 0, int(first[a]))
+            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)])
+        ]
+
+    def _add_runs(self, runs: list[tuple[np.ndarray, int, int]], data: np.ndarray) -> None:
+        """``buf[window] += data[row] * weight`` for every run, one strided view per run."""
+        cpos = self._single[0]  # type: ignore[index]
+        buf = self._buffers[cpos][THIS]
+        k = len(self.dims)
+        lead = buf.ndim - k
+        counts = tuple(len(starts) for starts in self._starts_l)
+        shape = (*buf.shape[:lead], *data.shape[1 + lead :])
+        for rows, step, first in runs:
+            position = tuple(int(p) for p in np.unravel_index(first, counts))
+            parts = self._window_parts(position, cpos)
+            weights = self._weights_for(THIS, parts, buf)
+            offset = sum(
+                self._starts_l[i][p] * buf.strides[lead + i] for i, p in enumerate(position)
+            )
+            target = np.ndarray(
+                (len(rows), *shape),
+                dtype=buf.dtype,
+                buffer=buf,
+                offset=offset,
+                strides=(step * buf.strides[-1], *buf.strides),
+            )
+            # the gathering buffer is ours: scaled in place (rows in grid order step evenly)
+            by = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+            if by > 0 and (len(rows) < 3 or (np.diff(rows) == by).all()):
+                part = data[rows[0] : rows[-1] + 1 : by]
+            else:
+                part = data[rows]
+            if np.result_type(part, *weights) != part.dtype:
+                part = part.astype(np.result_type(part, *weights))
+            for w in weights:
+                np.multiply(part, w, out=part)
+            target += part
+
+    def _drain(self) -> None:
+        """Add everything gathered or still being blended: the buffers may then be read."""
+        self._flush_stage()
+        self._blend.wait()
 
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -789,6 +937,7 @@ class Aggregator:
         twin._weight_cache = {}
         twin._cache_bytes = 0
         twin._blend = Blender(threads=1)  # dask runs blocks in parallel already
+        twin._stage = None
         return twin
 
     def region_template(self, cpos: tuple[int, ...]) -> xr.Dataset:
@@ -818,7 +967,7 @@ class Aggregator:
     # --- finishing -------------------------------------------------------------
     def _finish(self, cpos: tuple[int, ...], partial: bool = False) -> None:
         """Normalise, fill, post-process and write one chunk, then free it."""
-        self._blend.wait()
+        self._drain()
         if self._finished[cpos]:
             return
         if partial:  # a preview: leave the chunk open for windows added later
@@ -923,8 +1072,8 @@ class Aggregator:
         return wsum
 
     def settle(self) -> None:
-        """Finish a result still being blended in the background (internal)."""
-        self._blend.wait()
+        """Add what is gathered or still being blended in the background (internal)."""
+        self._drain()
 
     def result(self, partial: bool = False) -> xr.DataArray | xr.Dataset:
         """The blended result, labeled with the source's coordinates.
@@ -979,3 +1128,16 @@ class Aggregator:
             f"<Aggregator {self._n_added}/{len(self.grid)} windows added,"
             f" {done}/{n_chunks} chunks finished, weights={self.kernel!r}>"
         )
+
+
+class _Stage:
+    """Small results gathered to be added together (see :meth:`Aggregator._plan_stage`)."""
+
+    __slots__ = ("array", "dtype", "indices", "inside", "n")
+
+    def __init__(self, inside: bytearray, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
+        self.inside = inside  # per window: inside the array (no part cut off)
+        self.dtype = dtype
+        self.n = n
+        self.array = np.empty((n, *shape), dtype=dtype)
+        self.indices: list[int] = []  # the gathered windows, one per row of the array
