@@ -199,6 +199,40 @@ def test_gathered_results_partial_twice_and_other_dtypes():
     assert np.isnan(partial.values).any()
 
 
+def test_small_object_results_are_added_one_by_one():
+    """Object arrays are never gathered (the gathering buffer is numeric)."""
+    da = _many_small()
+    out = da.patch.apply(lambda p: p.values.astype(object), y=16, x=16, step=8, weights="mean")
+    np.testing.assert_allclose(out.values, da.values, rtol=1e-6)
+
+
+def test_a_failing_flush_still_adds_every_gathered_window():
+    """inf - inf under np.errstate(invalid="raise"): the error is raised, and every
+    gathered window is in the output all the same (none counted as added but lost)."""
+    da = _many_small()
+    kw = dict(y=16, x=16, step=8, weights="mean")
+    agg = da.patch.aggregator(**kw)
+    windows = list(agg.grid)
+    bad = {windows[40].index: np.inf, windows[41].index: -np.inf}  # they overlap
+    results = {w.index: np.full((16, 16), bad.get(w.index, 1.0), np.float32) for w in windows}
+    with np.errstate(invalid="raise"):
+        with pytest.raises(FloatingPointError):
+            for w in windows:
+                agg.add(results[w.index], w)
+            agg.result()
+    for w in windows:  # whatever was not added yet when the error came
+        if not agg._added[w.index]:
+            agg.add(results[w.index], w)
+    with np.errstate(invalid="ignore"):
+        out = agg.result().values
+    assert agg.n_added == len(windows)
+    touched = np.zeros(da.shape, bool)
+    for i in (40, 41):
+        touched[windows[i]["y"], windows[i]["x"]] = True
+    np.testing.assert_allclose(out[~touched], 1.0, rtol=1e-6)  # every other window is in
+    assert np.isnan(out[touched]).any()
+
+
 @pytest.mark.parametrize("pad_mode", ["constant", "edge", "reflect", "symmetric", "wrap"])
 def test_locate_pad_border_patches_by_extrapolated_coords(pad_mode):
     da = image(8, 11)

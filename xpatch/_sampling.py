@@ -308,7 +308,7 @@ class _FastCutter:
             for name in self.multi:
                 var = self.obj.coords[name].variable
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
-        data = self.data[slices if self.plain else self.key(window)]
+        data = self.data[tuple(slices) if self.plain else self.key(window)]
         attrs = self.attrs.copy()
         if not self.lean:  # pragma: no cover - a future xarray with other internals
             variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)

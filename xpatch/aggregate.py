@@ -392,9 +392,9 @@ class Aggregator:
             )
             if all(len(set(sizes)) == 1 for sizes in self._sizes_l):  # one patch shape
                 self._uniform = self._expected_shape(window.shape)
-                self._stage = self._plan_stage(variables[THIS][0], variables[THIS][1])
+                self._stage = self._plan_stage(variables[THIS][1])
 
-    def _plan_stage(self, dims: tuple[Hashable, ...], data: np.ndarray) -> _Stage | None:
+    def _plan_stage(self, data: np.ndarray) -> _Stage | None:
         """A gathering buffer for small single results, if they may be added together.
 
         Adding a 32 x 32 patch costs a few numpy calls, whatever the patch: for many
@@ -410,11 +410,13 @@ class Aggregator:
         k = len(self.dims)
         if buf is None or self._axes_of[THIS] != list(range(buf.ndim - k, buf.ndim)):
             return None
-        if data.nbytes > BATCH_BYTES:
+        if data.nbytes > BATCH_BYTES or data.dtype.kind not in "biufc":
             return None  # large patches: the per-window path shares them across threads
+        if 4 * self._colours(k - 1) > len(self._starts_l[-1]):
+            return None  # few windows along the last axis: runs would be too short
         # at most a few percent of the output, as the cached weights
         room = min(STAGE_BYTES, self._buffer_bytes // STAGE_SHARE)
-        n = min(STAGE_WINDOWS, room // max(data.nbytes, 1))
+        n = min(STAGE_WINDOWS, room // max(data.nbytes, 1), len(self.grid))
         if n < STAGE_MIN:
             return None
         inside = np.ones((), dtype=bool)
@@ -425,10 +427,8 @@ class Aggregator:
         return _Stage(bytearray(inside.ravel().tobytes()), data.shape, data.dtype, n)
 
     def _add_staged(self, stage: _Stage, window: Window, data: np.ndarray) -> None:
-        """Gather one small result; add the gathered ones when the buffer is full."""
+        """Gather one small result (not added before); add the gathered ones when full."""
         index = window.index
-        if self._added_b[index]:
-            raise AggregationError(f"{window!r} was already added; each window is added once")
         k = len(stage.indices)
         stage.array[k] = data
         stage.indices.append(index)
@@ -451,10 +451,9 @@ class Aggregator:
         stage = self._stage
         if stage is None or not stage.indices:
             return
-        indices, stage.indices = stage.indices, []
-        data = stage.array[: len(indices)]
         self._blend.wait()
-        self._add_runs(self._runs(np.array(indices)), data)
+        indices, stage.indices = stage.indices, []
+        self._add_runs(self._runs(np.array(indices)), stage.array[: len(indices)])
 
     def _runs(self, index: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
         """The gathered windows as runs along the last axis that one strided view can take.
@@ -487,38 +486,53 @@ class Aggregator:
         ]
 
     def _add_runs(self, runs: list[tuple[np.ndarray, int, int]], data: np.ndarray) -> None:
-        """``buf[window] += data[row] * weight`` for every run, one strided view per run."""
-        cpos = self._single[0]  # type: ignore[index]
-        buf = self._buffers[cpos][THIS]
-        k = len(self.dims)
-        lead = buf.ndim - k
-        counts = tuple(len(starts) for starts in self._starts_l)
-        shape = (*buf.shape[:lead], *data.shape[1 + lead :])
+        """``buf[window] += data[row] * weight`` for every run, one strided view per run.
+
+        Every run is added even if one fails (a floating-point error under
+        ``np.errstate(...="raise")`` is raised after the ufunc has written its
+        output): the gathered windows count as added, so all must be in the
+        output. The first error is raised at the end.
+        """
+        buf = self._buffers[self._single[0]][THIS]  # type: ignore[index]
+        error: Exception | None = None
         for rows, step, first in runs:
-            position = tuple(int(p) for p in np.unravel_index(first, counts))
-            parts = self._window_parts(position, cpos)
-            weights = self._weights_for(THIS, parts, buf)
-            offset = sum(
-                self._starts_l[i][p] * buf.strides[lead + i] for i, p in enumerate(position)
-            )
-            target = np.ndarray(
-                (len(rows), *shape),
-                dtype=buf.dtype,
-                buffer=buf,
-                offset=offset,
-                strides=(step * buf.strides[-1], *buf.strides),
-            )
-            # the gathering buffer is ours: scaled in place (rows in grid order step evenly)
-            by = int(rows[1] - rows[0]) if len(rows) > 1 else 1
-            if by > 0 and (len(rows) < 3 or (np.diff(rows) == by).all()):
-                part = data[rows[0] : rows[-1] + 1 : by]
-            else:
-                part = data[rows]
-            if np.result_type(part, *weights) != part.dtype:
-                part = part.astype(np.result_type(part, *weights))
-            for w in weights:
-                np.multiply(part, w, out=part)
-            target += part
+            try:
+                self._add_run(buf, data, rows, step, first)
+            except Exception as err:
+                error = error or err
+        if error is not None:
+            raise error
+
+    def _add_run(
+        self, buf: np.ndarray, data: np.ndarray, rows: np.ndarray, step: int, first: int
+    ) -> None:
+        """Add the gathered ``data[rows]``, a run of windows from window ``first`` on."""
+        counts = tuple(len(starts) for starts in self._starts_l)
+        position = tuple(int(p) for p in np.unravel_index(first, counts))
+        cpos = self._single[0]  # type: ignore[index]
+        weights = self._weights_for(THIS, self._window_parts(position, cpos), buf)
+        lead = buf.ndim - len(self.dims)
+        offset = sum(self._starts_l[i][p] * buf.strides[lead + i] for i, p in enumerate(position))
+        target = np.ndarray(
+            (len(rows), *buf.shape[:lead], *data.shape[1 + lead :]),
+            dtype=buf.dtype,
+            buffer=buf,
+            offset=offset,
+            strides=(step * buf.strides[-1], *buf.strides),
+        )
+        # the gathering buffer is ours, so it is scaled in place; a run's rows there
+        # usually step evenly (gathered in grid order): a view, else a copy
+        by = int(rows[1] - rows[0]) if len(rows) > 1 else 1
+        if by > 0 and (len(rows) < 3 or (np.diff(rows) == by).all()):
+            part = data[rows[0] : rows[-1] + 1 : by]
+        else:
+            part = data[rows]
+        dtype = np.result_type(part, *weights)
+        if dtype != part.dtype:
+            part = part.astype(dtype)
+        for w in weights:
+            np.multiply(part, w, out=part)
+        target += part
 
     def _drain(self) -> None:
         """Add everything gathered or still being blended: the buffers may then be read."""
