@@ -167,6 +167,7 @@ class _FastCutter:
         self.fixed: dict[Hashable, Any] = {}
         self.along: dict[Hashable, list[Hashable]] = {d: [] for d in grid.dims}
         self.multi: list[Hashable] = []
+        self.variables = {name: coord.variable for name, coord in obj.coords.items()}
         for name, coord in obj.coords.items():
             cdims = set(coord.dims) & self.spatial
             if not cdims:
@@ -220,7 +221,7 @@ class _FastCutter:
         key = (dim, s.start, s.stop)
         hit = self.cache.get(key)
         if hit is None:
-            coords = {name: self.obj.coords[name].variable[s] for name in self.along[dim]}
+            coords = {name: self.variables[name][s] for name in self.along[dim]}
             indexes = {
                 name: idx.isel({dim: s}) for name, idx in self.indexes.items() if name in coords
             }
@@ -306,7 +307,7 @@ class _FastCutter:
         if self.multi:
             sel = dict(zip(window.dims, slices))
             for name in self.multi:
-                var = self.obj.coords[name].variable
+                var = self.variables[name]
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
         data = self.data[tuple(slices) if self.plain else self.key(window)]
         attrs = self.attrs.copy()
@@ -331,11 +332,12 @@ def _direct(
     """What ``Variable(..., fastpath=True)`` and ``DataArray._construct_direct`` store,
     without their per-call checks (the source's dims, data and labels are valid)."""
     variable = _new(xr.Variable)
-    _set(variable, "_dims", dims)
-    _set(variable, "_data", data)
-    _set(variable, "_attrs", attrs)
-    _set(variable, "_encoding", None)
-    out = _new(xr.DataArray)
+    # plain stores into the slots (Variable has no __setattr__ of its own: checked)
+    variable._dims = dims
+    variable._data = data
+    variable._attrs = attrs
+    variable._encoding = None
+    out = _new(xr.DataArray)  # its __setattr__ is xarray's: go around it
     _set(out, "_variable", variable)
     _set(out, "_coords", coords)
     _set(out, "_name", name)
@@ -349,10 +351,14 @@ def _slots(cls: type) -> set[str]:
 
 
 def _lean_variables() -> bool:
-    """True if Variable and DataArray hold exactly the slots the direct build fills."""
-    return _slots(xr.Variable) == {"_dims", "_data", "_attrs", "_encoding"} and _slots(
-        xr.DataArray
-    ) == {"__weakref__", "_cache", "_close", "_coords", "_indexes", "_name", "_variable"}
+    """True if Variable and DataArray hold exactly the slots the direct build fills
+    (and Variable stores attributes as any object does)."""
+    return (
+        _slots(xr.Variable) == {"_dims", "_data", "_attrs", "_encoding"}
+        and xr.Variable.__setattr__ is object.__setattr__
+        and _slots(xr.DataArray)
+        == {"__weakref__", "_cache", "_close", "_coords", "_indexes", "_name", "_variable"}
+    )
 
 
 def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:

@@ -474,8 +474,8 @@ class Aggregator:
         order = np.lexsort((last, last % m, row))
         last, row, code = last[order], row[order], code[order]
         starts = self._starts_a[-1][last]
-        step = np.diff(starts)
-        joined = (np.diff(row) == 0) & (np.diff(last) == m) & (np.diff(code) == 0)
+        step = starts[1:] - starts[:-1]
+        joined = (row[1:] == row[:-1]) & (last[1:] - last[:-1] == m) & (code[1:] == code[:-1])
         # a run's starts step evenly (a cut before a pair frees it from the pair before)
         joined[1:] &= (step[1:] == step[:-1]) | ~joined[:-1]
         cuts = np.flatnonzero(~joined) + 1
@@ -522,9 +522,10 @@ class Aggregator:
         )
         # the gathering buffer is ours, so it is scaled in place; a run's rows there
         # usually step evenly (gathered in grid order): a view, else a copy
-        by = int(rows[1] - rows[0]) if len(rows) > 1 else 1
-        if by > 0 and (len(rows) < 3 or (np.diff(rows) == by).all()):
-            part = data[rows[0] : rows[-1] + 1 : by]
+        a, b = int(rows[0]), int(rows[-1])
+        by = int(rows[1]) - a if len(rows) > 1 else 1
+        if by > 0 and (len(rows) < 3 or (rows[1:] - rows[:-1] == by).all()):
+            part = data[a : b + 1 : by]
         else:
             part = data[rows]
         dtype = np.result_type(part, *weights)
