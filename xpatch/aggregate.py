@@ -325,6 +325,13 @@ class Aggregator:
             The window was added before, is not in the grid, or cannot be located.
         ResultError
             The result has the wrong dims or shape.
+
+        Notes
+        -----
+        Many small results (up to 64 KiB each) are gathered and added to the output
+        a few hundred at a time: a floating-point error in one of them (say
+        ``inf - inf`` under ``np.errstate(invalid="raise")``) is then raised by a
+        later ``add`` or by :meth:`result`. The result is the same either way.
         """
         if window is None:
             window = self._locate(result)
