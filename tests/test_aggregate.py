@@ -95,25 +95,6 @@ def test_hand_written_loop_matches_reference(case, weights, by_coords):
     xr.testing.assert_allclose(out, da.patch.apply(func, weights=weights, **kw))
 
 
-@settings(deadline=None)
-@given(case=cases(), weights=st.sampled_from(WEIGHTS), data=st.data())
-def test_any_order_of_adding_gives_the_same_result(case, weights, data):
-    da = make_array(case)
-    kw = grid_kwargs(case)
-    patches = list(da.patch.sample(**kw))
-    order = data.draw(st.permutations(range(len(patches))))
-    agg = da.patch.aggregator(weights=weights, **kw)
-    for i in order:
-        agg.add(func(patches[i]))
-    np.testing.assert_allclose(
-        agg.result().values,
-        ref_for(case, da, builtin_weights(weights), func_np),
-        rtol=1e-9,
-        atol=1e-9,
-    )
-
-
-# --- small results gathered and added together ------------------------------------
 def _gather_tiny(mp: pytest.MonkeyPatch) -> None:
     """Gather results of tiny arrays too, a few at a time (several runs, leftovers)."""
     from xpatch import aggregate
@@ -123,25 +104,28 @@ def _gather_tiny(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(aggregate, "STAGE_WINDOWS", 5)
 
 
+@pytest.mark.parametrize("gather", [False, True], ids=["default", "gathered"])
 @settings(deadline=None)
 @given(case=cases(), weights=st.sampled_from(WEIGHTS), data=st.data())
-def test_gathered_results_match_reference_in_any_order(case, weights, data):
+def test_any_order_of_adding_gives_the_same_result(gather, case, weights, data):
+    """Also with small results gathered and added a few at a time (forced on tiny arrays)."""
     da = make_array(case)
     kw = grid_kwargs(case)
     patches = list(da.patch.sample(**kw))
     order = data.draw(st.permutations(range(len(patches))))
     with pytest.MonkeyPatch.context() as mp:
-        _gather_tiny(mp)
+        if gather:
+            _gather_tiny(mp)
         agg = da.patch.aggregator(weights=weights, **kw)
         for i in order:
-            agg.add(func(patches[i]), agg.grid[i])
-        out = agg.result()
-        applied = da.patch.apply(func, weights=weights, **kw)
+            agg.add(func(patches[i]))
+        results = [agg.result(), da.patch.apply(func, weights=weights, **kw)]
     expected = ref_for(case, da, builtin_weights(weights), func_np)
-    np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9)
-    np.testing.assert_allclose(applied.values, expected, rtol=1e-9, atol=1e-9)
+    for out in results:
+        np.testing.assert_allclose(out.values, expected, rtol=1e-9, atol=1e-9)
 
 
+# --- small results gathered and added together ------------------------------------
 def _many_small(dims=("y", "x"), shape=(512, 512)):
     rng = np.random.default_rng(5)
     coords = {d: np.arange(n) * 0.5 for d, n in zip(dims, shape) if d != "band"}

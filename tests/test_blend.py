@@ -471,19 +471,23 @@ def test_no_background_blending_under_a_tracer():
     assert fresh() or previous is not None
 
 
+def _labeled(ny: int, nx: int, seed: int) -> xr.DataArray:
+    """A labeled (c, y, x) array: a non-spatial dim with labels, a scalar coord, attrs."""
+    return xr.DataArray(
+        np.random.default_rng(seed).random((2, ny, nx)),
+        dims=("c", "y", "x"),
+        coords={"c": ["a", "b"], "y": np.arange(ny) * 2.0, "x": np.arange(nx), "t": 5},
+        name="v",
+        attrs={"units": "K"},
+    )
+
+
 def test_fast_patches_are_identical_to_isel_for_any_window():
     """Coords cached per grid position never leak to a window of another grid."""
     from xpatch._sampling import Sampler
     from xpatch.grid import Window
 
-    rng = np.random.default_rng(11)
-    da = xr.DataArray(
-        rng.random((2, 30, 20)),
-        dims=("c", "y", "x"),
-        coords={"c": ["a", "b"], "y": np.arange(30) * 2.0, "x": np.arange(20), "t": 5},
-        name="v",
-        attrs={"units": "K"},
-    )
+    da = _labeled(30, 20, seed=11)
     grid = da.patch.grid(y=8, x=6, step=4)
     sampler = Sampler(da, grid)
     assert sampler._fast is not None
@@ -497,14 +501,7 @@ def test_gathered_batch_is_identical_to_the_stacked_patches():
     """The directly built batch: same data, coords, indexes, name and attrs as stacking."""
     from xpatch._sampling import Sampler, stack
 
-    rng = np.random.default_rng(12)
-    da = xr.DataArray(
-        rng.random((2, 40, 30)),
-        dims=("c", "y", "x"),
-        coords={"c": ["a", "b"], "y": np.arange(40) * 2.0, "x": np.arange(30), "t": 5},
-        name="v",
-        attrs={"units": "K"},
-    )
+    da = _labeled(40, 30, seed=12)
     grid = da.patch.grid(y=8, x=6, step=4)
     sampler = Sampler(da, grid)
     windows = list(grid)[3:20]
