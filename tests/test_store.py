@@ -465,15 +465,20 @@ def test_out_existing_zarr_array_values(tmp_path, array_dims):
     )
 
 
+def _yx_array(path, chunks, names=("y", "x")):
+    """An existing float32 zarr array of shape (50, 61), with or without dim names."""
+    return zarr.create_array(
+        store=os.fspath(path),
+        shape=(50, 61),
+        chunks=chunks,
+        dtype="float32",
+        dimension_names=list(names) if names else None,
+    )
+
+
 def test_out_existing_zarr_array_keeps_coords(tmp_path):
     da = labeled((50, 61), ("y", "x"))
-    arr = zarr.create_array(
-        store=os.fspath(tmp_path / "arr.zarr"),
-        shape=(50, 61),
-        chunks=(20, 20),
-        dtype="float32",
-        dimension_names=["y", "x"],
-    )
+    arr = _yx_array(tmp_path / "arr.zarr", (20, 20))
     out = da.patch.apply(nonlinear, y=16, x=16, step=8, chunks=20, out=arr)
     # the contract: spatial coordinates are kept, whatever the output
     xr.testing.assert_identical(out.coords.to_dataset(), da.coords.to_dataset())
@@ -481,18 +486,10 @@ def test_out_existing_zarr_array_keeps_coords(tmp_path):
 
 def test_out_existing_zarr_array_refused_when_unusable(tmp_path):
     da = labeled((50, 61), ("y", "x"))
-    misaligned = zarr.create_array(
-        store=os.fspath(tmp_path / "a.zarr"),
-        shape=(50, 61),
-        chunks=(15, 15),
-        dtype="float32",
-        dimension_names=["y", "x"],
-    )
+    misaligned = _yx_array(tmp_path / "a.zarr", (15, 15))
     with pytest.raises(StoreError, match="multiple"):
         da.patch.apply(nonlinear, y=16, x=16, step=8, chunks=20, out=misaligned)
-    nameless = zarr.create_array(
-        store=os.fspath(tmp_path / "b.zarr"), shape=(50, 61), chunks=(10, 10), dtype="float32"
-    )
+    nameless = _yx_array(tmp_path / "b.zarr", (10, 10), names=None)
     with pytest.raises(StoreError, match="dimension names"):
         da.patch.apply(nonlinear, y=16, x=16, step=8, chunks=20, out=nameless)
     assert issubclass(StoreError, ValueError)
