@@ -272,6 +272,24 @@ def test_a_result_only_the_aggregator_holds_is_blended_in_the_background():
     assert agg._blend._pending is None
 
 
+def test_apply_hands_fresh_results_over_for_the_background(monkeypatch):
+    """apply keeps no reference to a result it hands to the aggregator: every fresh
+    large result after the first (which fixes the layout) is blended in the background."""
+    from xpatch import _blend
+
+    flags = []
+    blend = _blend.Blender.__call__
+
+    def recording(self, target, part, weights, background=False):
+        flags.append(background)
+        return blend(self, target, part, weights, background)
+
+    monkeypatch.setattr(_blend.Blender, "__call__", recording)
+    da, kw = _big_grid()
+    da.patch.apply(lambda p: p.values * 2, output_dims=("y", "x"), **kw)
+    assert len(flags) > 2 and not flags[0] and all(flags[1:])
+
+
 def _reused_buffer():
     buffer = np.empty((768, 768), dtype=np.float32)
 

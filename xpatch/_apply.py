@@ -130,9 +130,19 @@ def run(
     )
     try:
         if batch_size is None:
+            # windows inside an in-memory array: straight to the patch builder
+            sample = sampler._fast if sampler._inside and sampler._fast else sampler
+            add = agg.add_result
             for window in windows:
+                try:  # (what _call does, without a call per patch)
+                    result = func(sample(window))
+                except Exception as err:
+                    err.add_note(f"xpatch: raised by func on {window}")
+                    raise
                 # handed over: not alive here while func makes the next one
-                agg.add_result([_call(func, sampler(window), window)], window)
+                box = [result]
+                del result
+                add(box, window)
                 if bar is not None:
                     bar.update(1)
         else:
