@@ -418,7 +418,7 @@ class Aggregator:
         if buf is None or self._axes_of[THIS] != list(range(buf.ndim - k, buf.ndim)):
             return None
         if data.nbytes > BATCH_BYTES or data.dtype.kind not in "biufc":
-            return None  # large patches: the per-window path shares them across threads
+            return None  # large patches are shared across threads; objects stay objects
         if 4 * self._colours(k - 1) > len(self._starts_l[-1]):
             return None  # few windows along the last axis: runs would be too short
         # at most a few percent of the output, as the cached weights
