@@ -98,11 +98,15 @@ def _progress(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="patches", unit="patch")
 
 
+def _blame(err: BaseException, where: Any) -> None:
+    err.add_note(f"xpatch: raised by func on {where}")
+
+
 def _call(func: Callable[[Any], Any], arg: Any, where: Any) -> Any:
     try:
         return func(arg)
     except Exception as err:
-        err.add_note(f"xpatch: raised by func on {where}")
+        _blame(err, where)
         raise
 
 
@@ -130,14 +134,13 @@ def run(
     )
     try:
         if batch_size is None:
-            # windows inside an in-memory array: straight to the patch builder
-            sample = sampler._fast if sampler._inside and sampler._fast else sampler
+            sample = sampler.cutter()
             add = agg.add_result
             for window in windows:
                 try:  # (what _call does, without a call per patch)
                     result = func(sample(window))
                 except Exception as err:
-                    err.add_note(f"xpatch: raised by func on {window}")
+                    _blame(err, window)
                     raise
                 # handed over: not alive here while func makes the next one
                 box = [result]

@@ -8,7 +8,7 @@ values ``numpy.pad`` would, without ever padding the whole array.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -88,6 +88,13 @@ class Sampler:
         self._lazy_file = any(
             v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables
         )
+
+    def cutter(self) -> Callable[[Window], Any]:
+        """What cuts one window of the grid: this sampler, or straight the in-memory
+        patch builder when no window leaves the array (one call less per patch)."""
+        if self._inside and self._fast is not None:
+            return self._fast
+        return self
 
     def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> Any:
         """The patches of ``windows`` stacked along ``batch_dim`` (see :func:`stack`)."""
@@ -188,10 +195,6 @@ class _FastCutter:
         self.views: dict[tuple[int, ...], np.ndarray] = {}
         self.lean = _lean_variables()
         self.attrs = dict(obj.attrs)
-        # per axis and window position: its coords and indexes (few positions per axis)
-        self.by_position: list[list[Any] | None] = [
-            [None] * n if n <= 4096 else None for n in self.counts
-        ]
         # the data's dims are the grid's, in order: the window's slices index it as they are
         self.plain = self.dims == tuple(grid.dims)
 
@@ -290,18 +293,8 @@ class _FastCutter:
         coords = self.fixed.copy()
         indexes = self.fixed_indexes.copy()
         slices = window.slices
-        position = window.position
-        if len(position) != len(slices):  # a window made by hand: no grid position
-            position = (-1,) * len(slices)
-        for (i, d, _), cache, p in zip(self.order, self.by_position, position):
-            s = slices[i]
-            if cache is None or not 0 <= p < len(cache):
-                c, idx = self._axis_coords(d, s)
-            else:
-                hit = cache[p]
-                if hit is None or hit[2] != s:  # (a window of another grid)
-                    hit = cache[p] = (*self._axis_coords(d, s), s)
-                c, idx = hit[0], hit[1]
+        for i, d, _ in self.order:
+            c, idx = self._axis_coords(d, slices[i])
             coords.update(c)
             indexes.update(idx)
         if self.multi:

@@ -245,6 +245,7 @@ class Aggregator:
         self._starts_a = [ax.starts for ax in self.grid.axes]
         self._ids_a = [np.asarray(ids) for ids in self._factor_ids]
         self._lengths_a = np.array(self._lengths_l)
+        self._counts = tuple(len(starts) for starts in self._starts_l)  # windows per axis
         self._single_parts = (
             [
                 [self._axis_part(i, p, 0) for p in range(len(ax.starts))]
@@ -409,7 +410,7 @@ class Aggregator:
         the array are copied into a buffer and added a whole buffer at a time, one
         strided view of the output per run of windows that cannot overlap (see
         :meth:`_runs`). The windows count as added at once; every read of the output
-        buffers (:meth:`_drain`) adds what is gathered first.
+        buffers (:meth:`settle`) adds what is gathered first.
         """
         if self._single is None or self._custom or self._uniform is None:
             return None
@@ -462,22 +463,19 @@ class Aggregator:
         indices, stage.indices = stage.indices, []
         self._add_runs(self._runs(np.array(indices)), stage.array[: len(indices)])
 
-    def _runs(self, index: np.ndarray) -> list[tuple[np.ndarray, int, int]]:
+    def _runs(self, index: np.ndarray) -> list[tuple[np.ndarray, int, tuple[int, ...]]]:
         """The gathered windows as runs along the last axis that one strided view can take.
 
         A run holds windows of one grid row whose positions step by the number of
         colours of the last axis (so they cannot overlap) and whose starts step evenly,
         with equal normalised weights. Returns each run's rows in the gathering
-        buffer, the step of its starts and its first window's index.
+        buffer, the step of its starts and its first window's grid position.
         """
-        counts = tuple(len(starts) for starts in self._starts_l)
-        pos = np.unravel_index(index, counts)
+        pos = np.unravel_index(index, self._counts)
         last = pos[-1]
-        m = self._colours(len(counts) - 1)
-        row = index // counts[-1]
-        code = np.zeros(len(index), dtype=np.int64)
-        for i, p in enumerate(pos):
-            code = code * (len(self._factors[i]) + 1) + self._ids_a[i][p]
+        m = self._colours(len(pos) - 1)
+        row = index // self._counts[-1]
+        code = self._weight_codes(pos)
         order = np.lexsort((last, last % m, row))
         last, row, code = last[order], row[order], code[order]
         starts = self._starts_a[-1][last]
@@ -486,13 +484,22 @@ class Aggregator:
         # a run's starts step evenly (a cut before a pair frees it from the pair before)
         joined[1:] &= (step[1:] == step[:-1]) | ~joined[:-1]
         cuts = np.flatnonzero(~joined) + 1
-        first = index[order]
+        first = np.stack([p[order] for p in pos], axis=1)  # grid positions, in run order
         return [
-            (order[a:b], int(step[a]) if b - a > 1 else 0, int(first[a]))
+            (order[a:b], int(step[a]) if b - a > 1 else 0, tuple(first[a].tolist()))
             for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)])
         ]
 
-    def _add_runs(self, runs: list[tuple[np.ndarray, int, int]], data: np.ndarray) -> None:
+    def _weight_codes(self, positions: Sequence[np.ndarray]) -> np.ndarray:
+        """Per window (given its positions along each axis): equal codes, equal weights."""
+        code = np.zeros(len(positions[0]), dtype=np.int64)
+        for i, p in enumerate(positions):
+            code = code * (len(self._factors[i]) + 1) + self._ids_a[i][p]
+        return code
+
+    def _add_runs(
+        self, runs: list[tuple[np.ndarray, int, tuple[int, ...]]], data: np.ndarray
+    ) -> None:
         """``buf[window] += data[row] * weight`` for every run, one strided view per run.
 
         Every run is added even if one fails (a floating-point error under
@@ -511,11 +518,14 @@ class Aggregator:
             raise error
 
     def _add_run(
-        self, buf: np.ndarray, data: np.ndarray, rows: np.ndarray, step: int, first: int
+        self,
+        buf: np.ndarray,
+        data: np.ndarray,
+        rows: np.ndarray,
+        step: int,
+        position: tuple[int, ...],
     ) -> None:
-        """Add the gathered ``data[rows]``, a run of windows from window ``first`` on."""
-        counts = tuple(len(starts) for starts in self._starts_l)
-        position = tuple(int(p) for p in np.unravel_index(first, counts))
+        """Add the gathered ``data[rows]``, a run of windows from grid ``position`` on."""
         cpos = self._single[0]  # type: ignore[index]
         weights = self._weights_for(THIS, self._window_parts(position, cpos), buf)
         lead = buf.ndim - len(self.dims)
@@ -541,11 +551,6 @@ class Aggregator:
         for w in weights:
             np.multiply(part, w, out=part)
         target += part
-
-    def _drain(self) -> None:
-        """Add everything gathered or still being blended: the buffers may then be read."""
-        self._flush_stage()
-        self._blend.wait()
 
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -655,11 +660,8 @@ class Aggregator:
         if np.prod(shape) * buf.itemsize > BATCH_BYTES:
             return False  # large patches: the per-window path shares them across threads
         positions = np.array([w.position for w in windows])
-        starts = np.empty_like(positions)
-        code = np.zeros(len(windows), dtype=np.int64)
-        for i in range(k):
-            starts[:, i] = self._starts_a[i][positions[:, i]]
-            code = code * (len(self._factors[i]) + 1) + self._ids_a[i][positions[:, i]]
+        starts = np.stack([self._starts_a[i][positions[:, i]] for i in range(k)], axis=1)
+        code = self._weight_codes(positions.T)
         if (starts < 0).any() or (starts + np.array(shape) > self._lengths_a).any():
             return False  # windows reaching past the array (pad border) are clipped
         # windows inside the array whose normalised factors are equal share one weight
@@ -989,7 +991,7 @@ class Aggregator:
     # --- finishing -------------------------------------------------------------
     def _finish(self, cpos: tuple[int, ...], partial: bool = False) -> None:
         """Normalise, fill, post-process and write one chunk, then free it."""
-        self._drain()
+        self.settle()
         if self._finished[cpos]:
             return
         if partial:  # a preview: leave the chunk open for windows added later
@@ -1094,8 +1096,12 @@ class Aggregator:
         return wsum
 
     def settle(self) -> None:
-        """Add what is gathered or still being blended in the background (internal)."""
-        self._drain()
+        """Add what is gathered or still being blended in the background (internal).
+
+        Every read of the output buffers comes after this.
+        """
+        self._flush_stage()
+        self._blend.wait()
 
     def result(self, partial: bool = False) -> xr.DataArray | xr.Dataset:
         """The blended result, labeled with the source's coordinates.
