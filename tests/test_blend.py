@@ -515,6 +515,28 @@ def test_fast_patches_are_identical_to_isel_for_any_window():
         xr.testing.assert_identical(sampler(w), da.isel(dict(w)))
 
 
+def test_fast_patches_are_identical_to_isel_in_any_order_in_3d():
+    """The labels of all axes but the last are kept per row: any order still matches."""
+    from xpatch._sampling import Sampler
+
+    rng = np.random.default_rng(3)
+    da = xr.DataArray(
+        rng.random((9, 2, 11, 10)),
+        dims=("z", "c", "y", "x"),
+        coords={
+            "z": np.arange(9) * 0.5,
+            "x": np.arange(10),
+            "lat": (("y", "x"), rng.random((11, 10))),
+        },
+    )  # no coordinate along y; a 2-D one across y and x
+    grid = da.patch.grid(z=4, y=5, x=4, step=3)
+    sampler = Sampler(da, grid)
+    assert sampler._fast is not None
+    windows = list(grid)
+    for i in [*rng.permutation(len(windows)), *range(len(windows))]:
+        xr.testing.assert_identical(sampler(windows[i]), da.isel(dict(windows[i])))
+
+
 def test_gathered_batch_is_identical_to_the_stacked_patches():
     """The directly built batch: same data, coords, indexes, name and attrs as stacking."""
     from xpatch._sampling import Sampler, stack

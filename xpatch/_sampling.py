@@ -197,6 +197,8 @@ class _FastCutter:
         self.attrs = dict(obj.attrs)
         # the data's dims are the grid's, in order: the window's slices index it as they are
         self.plain = self.dims == tuple(grid.dims)
+        self.last = grid.dims[-1]
+        self.head: tuple[Any, dict[Hashable, Any], dict[Hashable, Any]] = (None, {}, {})
 
     @classmethod
     def make(cls, obj: Any, grid: PatchGrid) -> _FastCutter | None:
@@ -289,14 +291,26 @@ class _FastCutter:
             key[ax] = slices[i]
         return tuple(key)
 
-    def __call__(self, window: Window) -> xr.DataArray:
+    def _row(self, head: tuple[slice, ...]) -> tuple[dict[Hashable, Any], ...]:
+        """The fixed coords and those along every spatial axis but the last, for ``head``."""
         coords = self.fixed.copy()
         indexes = self.fixed_indexes.copy()
-        slices = window.slices
-        for i, d, _ in self.order:
-            c, idx = self._axis_coords(d, slices[i])
+        for (_, d, _), s in zip(self.order, head):
+            c, idx = self._axis_coords(d, s)
             coords.update(c)
             indexes.update(idx)
+        self.head = (head, coords, indexes)
+        return self.head
+
+    def __call__(self, window: Window) -> xr.DataArray:
+        slices = window.slices
+        # windows come row by row: the labels along all axes but the last change rarely
+        head, row, row_indexes = self.head
+        if slices[:-1] != head:
+            head, row, row_indexes = self._row(slices[:-1])
+        c, idx = self._axis_coords(self.last, slices[-1])
+        coords = {**row, **c}
+        indexes = {**row_indexes, **idx}
         if self.multi:
             sel = dict(zip(window.dims, slices))
             for name in self.multi:

@@ -438,7 +438,7 @@ class Aggregator:
         """Gather one small result (not added before); add the gathered ones when full."""
         index = window.index
         k = len(stage.indices)
-        stage.array[k] = data
+        stage.rows[k][...] = data
         stage.indices.append(index)
         self._added_b[index] = 1
         self._n_added += 1
@@ -1161,11 +1161,12 @@ class Aggregator:
 class _Stage:
     """Small results gathered to be added together (see :meth:`Aggregator._plan_stage`)."""
 
-    __slots__ = ("array", "dtype", "indices", "inside", "n")
+    __slots__ = ("array", "dtype", "indices", "inside", "n", "rows")
 
     def __init__(self, inside: bytearray, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
         self.inside = inside  # per window: inside the array (no part cut off)
         self.dtype = dtype
         self.n = n
         self.array = np.empty((n, *shape), dtype=dtype)
+        self.rows = list(self.array)  # a view per row, made once
         self.indices: list[int] = []  # the gathered windows, one per row of the array
