@@ -429,9 +429,13 @@ class Aggregator:
             return None
         inside = np.ones((), dtype=bool)
         for ax in self.grid.axes:
-            inside = np.logical_and.outer(
-                inside, (ax.starts >= 0) & (ax.starts + ax.sizes <= ax.length)
-            )
+            mask = (ax.starts >= 0) & (ax.starts + ax.sizes <= ax.length)
+            inside = np.logical_and.outer(inside, mask)
+        # whole rows of inside windows per buffer (windows come in grid order), so
+        # that a flush does not cut runs short
+        row = int(np.count_nonzero(mask))
+        if 0 < row <= n:
+            n -= n % row
         return _Stage(bytearray(inside.ravel().tobytes()), data.shape, data.dtype, n)
 
     def _add_staged(self, stage: _Stage, window: Window, data: np.ndarray) -> None:
