@@ -525,16 +525,23 @@ def test_fast_patches_are_identical_to_isel_in_any_order_in_3d():
         dims=("z", "c", "y", "x"),
         coords={
             "z": np.arange(9) * 0.5,
-            "x": np.arange(10),
+            "x": ("x", np.arange(10), {"units": "m"}),
             "lat": (("y", "x"), rng.random((11, 10))),
+            "when": ("z", np.arange(9).astype("datetime64[D]")),  # not an index
+            "c": ["red", "nir"],
         },
     )  # no coordinate along y; a 2-D one across y and x
+    da = da.assign_coords(z=np.arange(9).astype("datetime64[h]"))  # a datetime index
+    da.x.encoding = {"dtype": "int16"}
     grid = da.patch.grid(z=4, y=5, x=4, step=3)
     sampler = Sampler(da, grid)
     assert sampler._fast is not None
     windows = list(grid)
     for i in [*rng.permutation(len(windows)), *range(len(windows))]:
-        xr.testing.assert_identical(sampler(windows[i]), da.isel(dict(windows[i])))
+        patch, expected = sampler(windows[i]), da.isel(dict(windows[i]))
+        xr.testing.assert_identical(patch, expected)
+        assert patch.x.encoding == expected.x.encoding
+        assert set(patch.xindexes) == set(expected.xindexes)
 
 
 def test_gathered_batch_is_identical_to_the_stacked_patches():

@@ -8,11 +8,13 @@ values ``numpy.pad`` would, without ever padding the whole array.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
+from xarray.core.indexing import PandasIndexingAdapter
 
 from xpatch.grid import PatchGrid, Window
 
@@ -217,7 +219,7 @@ class _FastCutter:
                 return None
         for coord in obj.coords.values():
             if set(coord.dims) & set(grid.dims) and not isinstance(
-                coord.variable._data, (np.ndarray, xr.core.indexing.PandasIndexingAdapter)
+                coord.variable._data, (np.ndarray, PandasIndexingAdapter)
             ):
                 return None
         return cls(obj, grid)
@@ -226,10 +228,20 @@ class _FastCutter:
         key = (dim, s.start, s.stop)
         hit = self.cache.get(key)
         if hit is None:
-            coords = {name: self.variables[name][s] for name in self.along[dim]}
-            indexes = {
-                name: idx.isel({dim: s}) for name, idx in self.indexes.items() if name in coords
-            }
+            coords, indexes = {}, {}
+            for name in self.along[dim]:
+                var = self.variables[name]
+                index = self.indexes.get(name)
+                if index is None:
+                    coords[name] = var[s]
+                    continue
+                # the sliced index and its coordinate, built from each other as isel
+                # does, without slicing the pandas index twice (a few times faster)
+                index = indexes[name] = index.isel({dim: s})
+                data = PandasIndexingAdapter(index.index, dtype=index.coord_dtype)
+                coords[name] = xr.IndexVariable(
+                    var.dims, data, copy.copy(var.attrs), copy.copy(var.encoding), fastpath=True
+                )
             hit = (coords, indexes)
             if len(self.cache) > 4096:
                 self.cache.clear()
