@@ -157,6 +157,29 @@ def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
         assert out.dtype == np.float32
 
 
+def test_small_outputs_still_cache_weights_and_gather(monkeypatch):
+    """A few hundred KiB of cached weights and gathering buffer are allowed next to any
+    output: a 64 KiB output does not rebuild a weight per patch."""
+    from xpatch.aggregate import Aggregator
+
+    da = _many_small(shape=(128, 128))
+    kw = dict(y=16, x=16, step=8, weights="gaussian")
+    built = []
+    weights = Aggregator._weights
+
+    def counted(self, key, *args):
+        built.append(key)
+        return weights(self, key, *args)
+
+    monkeypatch.setattr(Aggregator, "_weights", counted)
+    agg = da.patch.aggregator(**kw)
+    for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
+        agg.add(patch.values.copy(), window)
+    assert agg._stage is not None
+    assert len(built) == len(set(built)) < len(agg.grid) / 10  # once per distinct weight
+    assert float(abs(agg.result() - da).max()) < 1e-6
+
+
 def test_gathered_results_partial_twice_and_other_dtypes():
     """Gathered windows count as added at once: for partial results, twice-added errors
     and a result dtype that changes (those are added one by one, still correctly)."""

@@ -52,12 +52,15 @@ __all__ = ["Aggregator"]
 
 BATCH_BYTES = 1 << 16  # patches up to this size are added a whole batch at a time
 # small single results are gathered and added together: at most this many, in a
-# buffer of at most STAGE_BYTES and 1/STAGE_SHARE of the output, and only if at
-# least STAGE_MIN fit
+# buffer of at most STAGE_BYTES and 1/STAGE_SHARE of the output (or SMALL_BYTES),
+# and only if at least STAGE_MIN fit
 STAGE_WINDOWS = 256
 STAGE_BYTES = 1 << 19
 STAGE_SHARE = 32
 STAGE_MIN = 16
+# the cached weights and the gathering buffer may take 1/32 of the output each, and
+# never less than this: next to a small output, a few hundred KiB are nothing
+SMALL_BYTES = 1 << 18
 
 # per axis: source slice, destination slice, weight-factor key, factor cut
 _Part = tuple[slice, slice, tuple[int, int, int], tuple[int, int, int]]
@@ -422,8 +425,8 @@ class Aggregator:
             return None  # large patches are shared across threads; objects stay objects
         if 4 * self._colours(k - 1) > len(self._starts_l[-1]):
             return None  # few windows along the last axis: runs would be too short
-        # at most a few percent of the output, as the cached weights
-        room = min(STAGE_BYTES, self._buffer_bytes // STAGE_SHARE)
+        # at most a few percent of the output (as the cached weights), or SMALL_BYTES
+        room = min(STAGE_BYTES, max(self._buffer_bytes // STAGE_SHARE, SMALL_BYTES))
         n = min(STAGE_WINDOWS, room // max(data.nbytes, 1), len(self.grid))
         if n < STAGE_MIN:
             return None
@@ -913,7 +916,7 @@ class Aggregator:
         """
         facs = [self._factors[i][p][lo:hi] for i, (p, lo, hi) in enumerate(cut)]
         dtype = buf.dtype
-        budget = self._buffer_bytes // 32
+        budget = max(self._buffer_bytes // 32, SMALL_BYTES)
         nbytes = int(np.prod([len(f) for f in facs])) * dtype.itemsize
         if len(facs) > 1 and nbytes * 4 > budget:
             outer = int(np.argmin(axes))
@@ -927,7 +930,9 @@ class Aggregator:
                     [_outer([facs[i] for i in others], [axes[i] for i in others], buf.ndim, dtype)],
                     budget,
                 )
-            return [first, *rest]
+            # kept as the pair (counted in full, though ``rest`` is shared): a small
+            # output's budget is small, and patches must not rebuild their weight
+            return self._cache(key, [first, *rest], budget)
         return self._cache(key, [_outer(facs, axes, buf.ndim, dtype)], budget)
 
     def _cache(self, key: Any, weights: list[np.ndarray], budget: int) -> list[np.ndarray]:
