@@ -511,7 +511,9 @@ def test_fast_patches_are_identical_to_isel_for_any_window():
     assert sampler._fast is not None
     other = da.patch.grid(y=8, x=6, step=3)  # same positions, other slices
     hand = Window(dims=("y", "x"), slices=(slice(5, 13), slice(1, 7)), index=0)
-    for w in [*grid, *other, hand, *grid]:
+    swapped = Window(dims=("x", "y"), slices=(slice(1, 7), slice(5, 13)), index=0)
+    fewer = Window(dims=("y",), slices=(slice(5, 13),), index=0)
+    for w in [*grid, *other, hand, swapped, fewer, *grid]:
         xr.testing.assert_identical(sampler(w), da.isel(dict(w)))
 
 

@@ -101,12 +101,16 @@ class Sampler:
     def batch(self, windows: Sequence[Window], batch_dim: Hashable) -> Any:
         """The patches of ``windows`` stacked along ``batch_dim`` (see :func:`stack`)."""
         fast = self._fast
-        if fast is not None and (
-            self._inside
-            or all(
-                s.start >= 0 and s.stop <= self.lengths[d]
-                for w in windows
-                for d, s in zip(w.dims, w.slices)
+        if (
+            fast is not None
+            and all(w.dims == self.grid.dims for w in windows)
+            and (
+                self._inside
+                or all(
+                    s.start >= 0 and s.stop <= self.lengths[d]
+                    for w in windows
+                    for d, s in zip(w.dims, w.slices)
+                )
             )
         ):
             return fast.batch(windows, batch_dim)
@@ -141,8 +145,8 @@ class Sampler:
         if self._inside or all(
             s.start >= 0 and s.stop <= self.lengths[d] for d, s in zip(window.dims, window.slices)
         ):
-            if self._fast is not None:
-                return self._fast(window)
+            if self._fast is not None and window.dims == self.grid.dims:
+                return self._fast(window)  # (built for the grid's dims, in its order)
             return self.obj.isel(dict(zip(window.dims, window.slices)))
         indexers, masks, coords = self.plan(window)
         if self._lazy_file:
@@ -311,8 +315,8 @@ class _FastCutter:
             c, idx = self._axis_coords(d, s)
             coords.update(c)
             indexes.update(idx)
-        self.head = (head, coords, indexes)
-        return self.head
+        row = self.head = (head, coords, indexes)
+        return row
 
     def __call__(self, window: Window) -> xr.DataArray:
         slices = window.slices
