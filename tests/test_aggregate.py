@@ -146,6 +146,7 @@ def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
     for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
         agg.add(patch.values.copy(), window)
     assert agg._stage is not None and agg._stage.n >= aggregate.STAGE_MIN
+    assert agg._stage.n % agg.grid.shape["x"] == 0  # whole grid rows per flush
     gathered = agg.result()
     assert float(abs(gathered - da).max()) < 1e-6  # identity round trip
     applied = da.patch.apply(lambda p: p.values.copy(), **kw)

@@ -166,10 +166,10 @@ class _FastCutter:
     """Builds in-bounds patches of an in-memory DataArray without ``isel``.
 
     ``isel`` re-slices every coordinate and rebuilds every index for each patch;
-    here the per-axis coordinate slices and indexes are cached per window
-    position, and the patch is assembled directly. The result is the same
-    DataArray that ``isel`` returns (a view of the source data, with its coords
-    and attrs).
+    here the per-axis coordinate slices and indexes are cached per slice (and
+    merged once per grid row), and the patch is assembled directly. The result
+    is the same DataArray that ``isel`` returns (a view of the source data, with
+    its coords and attrs) for windows with the grid's dims, in its order.
     """
 
     def __init__(self, obj: xr.DataArray, grid: PatchGrid) -> None:

@@ -380,7 +380,7 @@ class Aggregator:
                     ):
                         self._add_staged(stage, window, data)
                         return
-                    # smaller results are blended at once anyway
+                    # (smaller results are blended at once anyway)
                     background = sole_owner(data, THREAD_BYTES)
                     if self._single_plain and not self._finished_b[0]:
                         self._add_single(window, data, background)
