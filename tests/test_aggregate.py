@@ -145,8 +145,9 @@ def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
     agg = da.patch.aggregator(**kw)
     for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
         agg.add(patch.values.copy(), window)
-    assert agg._stage is not None and agg._stage.n >= aggregate.STAGE_MIN
-    assert agg._stage.n % agg.grid.shape["x"] == 0  # whole grid rows per flush
+    stage = agg._stage
+    assert stage is not None and stage.segments * stage.span >= aggregate.STAGE_MIN
+    assert stage.span == agg.grid.shape["x"]  # whole grid rows per flush
     gathered = agg.result()
     assert float(abs(gathered - da).max()) < 1e-6  # identity round trip
     applied = da.patch.apply(lambda p: p.values.copy(), **kw)
@@ -205,6 +206,88 @@ def test_gathered_results_partial_twice_and_other_dtypes():
     partial = agg.result(partial=True)
     xr.testing.assert_allclose(partial, expected, rtol=1e-6, atol=1e-6)
     assert np.isnan(partial.values).any()
+
+
+@pytest.mark.parametrize(
+    "dims, shape, size, step, border",
+    [
+        (("x",), (4096,), 32, 16, "squeeze"),  # 1-D
+        (("y", "x"), (256, 520), 16, 8, "squeeze"),  # windows tile each row
+        (("y", "x"), (256, 520), 16, 12, "squeeze"),  # they do not: gaps, strided runs
+        (("y", "x"), (250, 517), 16, 7, "squeeze"),  # uneven starts
+        (("y", "x"), (250, 517), 16, 8, "pad"),  # pad windows are added one by one
+        (("band", "y", "x"), (3, 128, 384), 16, 8, "squeeze"),  # a leading dim
+        (("z", "y", "x"), (24, 48, 200), 8, 4, "squeeze"),  # 3-D
+    ],
+)
+@pytest.mark.parametrize("pieces", [False, True], ids=["rows", "pieces"])
+def test_gathered_runs_equal_one_by_one(dims, shape, size, step, border, pieces):
+    """The gathering buffer, laid out as the output, for every kind of run: rows or
+    pieces of rows, windows side by side or with gaps, leading dims, 1-D to 3-D."""
+    from xpatch import aggregate
+
+    da = _many_small(dims, shape)
+    kw = dict(dict.fromkeys([d for d in dims if d != "band"], size), step=step)
+    kw.update(border=border, weights="gaussian")
+    agg = da.patch.aggregator(**kw)
+    with pytest.MonkeyPatch.context() as mp:
+        if pieces:  # a buffer shorter than a grid row
+            mp.setattr(aggregate, "STAGE_WINDOWS", 20)
+            mp.setattr(aggregate, "STAGE_MIN", 4)
+        patches = da.patch.sample(**{k: v for k, v in kw.items() if k != "weights"})
+        for window, patch in zip(agg.grid, patches):
+            agg.add(patch.values * 2.0, window)
+        stage = agg._stage
+        assert stage is not None
+        assert (stage.span < agg.grid.shape["x"]) == pieces
+        gathered = agg.result()
+        mp.setattr(aggregate, "STAGE_WINDOWS", 0)
+        one_by_one = da.patch.apply(lambda p: p.values * 2.0, **kw)
+    assert gathered.dtype == one_by_one.dtype == np.float32
+    xr.testing.assert_allclose(gathered, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_a_row_of_tiling_windows_is_added_as_one_block():
+    """With a step of half the patch size, each colour of a grid row is one run: a block
+    of the output whose rows are as long as the run."""
+    from xpatch._structure import THIS
+
+    da = _many_small(shape=(64, 512))
+    agg = da.patch.aggregator(y=16, x=16, step=8, weights="gaussian")
+    windows = list(agg.grid)
+    row = agg.grid.shape["x"]
+    for window, patch in zip(windows[:row], da.patch.sample(y=16, x=16, step=8)):
+        agg.add(patch.values.copy(), window)
+    buf = agg._buffers[agg._single[0]][THIS]
+    runs = agg._runs(agg._stage, buf)
+    assert len(runs) == 2  # one per colour
+    for target, block, _, source in runs:
+        assert source is block and target.shape == block.shape
+        assert target.shape[0] == 16 and target.shape[1] >= 16 * (row // 2)
+
+
+def test_a_failing_weighting_still_adds_every_gathered_window():
+    """An underflow under np.errstate(under="raise") while a gathered run is weighted:
+    the error is raised, and every gathered window is in the output all the same."""
+    da = _many_small()
+    kw = dict(y=16, x=16, step=8, weights="gaussian")
+    agg = da.patch.aggregator(**kw)
+    windows = list(agg.grid)
+    tiny = {windows[40].index}  # subnormal values: their weighting underflows
+    with np.errstate(under="raise"):
+        with pytest.raises(FloatingPointError):
+            for w in windows:
+                agg.add(np.full((16, 16), 1e-44 if w.index in tiny else 1.0, np.float32), w)
+            agg.result()
+    for w in windows:  # whatever was not added yet when the error came
+        if not agg._added[w.index]:
+            agg.add(np.full((16, 16), 1.0, np.float32), w)
+    out = agg.result().values
+    assert agg.n_added == len(windows)
+    touched = np.zeros(da.shape, bool)
+    touched[windows[40]["y"], windows[40]["x"]] = True
+    np.testing.assert_allclose(out[~touched], 1.0, rtol=1e-6)  # every other window is in
+    assert (out[touched] < 1.0).any()  # and the tiny one too
 
 
 def test_small_object_results_are_added_one_by_one():

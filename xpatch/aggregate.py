@@ -376,7 +376,7 @@ class Aggregator:
                     if (
                         stage is not None
                         and stage.inside[window.index]
-                        and data.dtype == stage.dtype
+                        and data.dtype == stage.data_dtype
                     ):
                         self._add_staged(stage, window, data)
                         return
@@ -410,10 +410,11 @@ class Aggregator:
 
         Adding a 32 x 32 patch costs a few numpy calls, whatever the patch: for many
         small patches that overhead is most of the work. Results of windows inside
-        the array are copied into a buffer and added a whole buffer at a time, one
-        strided view of the output per run of windows that cannot overlap (see
-        :meth:`_runs`). The windows count as added at once; every read of the output
-        buffers (:meth:`settle`) adds what is gathered first.
+        the array are weighted into a buffer laid out as the output is (see
+        :class:`_Stage`) and added a whole buffer at a time, one numpy call per run of
+        windows that cannot overlap (see :meth:`_runs`). The windows count as added
+        at once; every read of the output buffers (:meth:`settle`) adds what is
+        gathered first.
         """
         if self._single is None or self._custom or self._uniform is None:
             return None
@@ -423,7 +424,9 @@ class Aggregator:
             return None
         if data.nbytes > BATCH_BYTES or data.dtype.kind not in "biufc":
             return None  # large patches are shared across threads; objects stay objects
-        if 4 * self._colours(k - 1) > len(self._starts_l[-1]):
+        m = self._colours(k - 1)
+        length = self._counts[-1]
+        if 4 * m > length:
             return None  # few windows along the last axis: runs would be too short
         # at most a few percent of the output (as the cached weights), or SMALL_BYTES
         room = min(STAGE_BYTES, max(self._buffer_bytes // STAGE_SHARE, SMALL_BYTES))
@@ -434,25 +437,38 @@ class Aggregator:
         for ax in self.grid.axes:
             mask = (ax.starts >= 0) & (ax.starts + ax.sizes <= ax.length)
             inside = np.logical_and.outer(inside, mask)
-        # whole rows of inside windows per buffer (windows come in grid order), so
-        # that a flush does not cut runs short
-        row = int(np.count_nonzero(mask))
-        if 0 < row <= n:
-            n -= n % row
-        return _Stage(bytearray(inside.ravel().tobytes()), data.shape, data.dtype, n)
+        # whole grid rows if they fit (a flush then cuts no run short), else pieces of
+        # rows of a whole number of colours
+        span = length if length <= n else n - n % m
+        return _Stage(
+            inside=bytearray(inside.ravel().tobytes()),
+            shape=data.shape,
+            data_dtype=data.dtype,
+            dtype=np.result_type(data.dtype, buf.dtype),  # as data * weight
+            segments=max(n // span, 1),
+            span=span,
+            colours=m,
+            length=length,
+        )
 
     def _add_staged(self, stage: _Stage, window: Window, data: np.ndarray) -> None:
-        """Gather one small result (not added before); add the gathered ones when full."""
+        """Copy one small result (not added before) to its place in the gathering buffer."""
         index = window.index
-        k = len(stage.indices)
-        stage.rows[k][...] = data
+        row, j = divmod(index, stage.length)
+        key = row * stage.pieces + j // stage.span
+        r = stage.local.get(key)
+        if r is None:
+            if len(stage.local) == stage.segments:
+                self._flush_stage()  # every segment is taken: add them, start afresh
+            r = stage.local[key] = len(stage.local)
+        s = j % stage.span
+        stage.slots[r][s][...] = data  # (a safe cast, if any: never a floating-point error)
         stage.indices.append(index)
+        stage.places.append(r * stage.span + s)
         self._added_b[index] = 1
         self._n_added += 1
         left = self._outstanding_a[0] - 1  # the single chunk
         self._outstanding_a[0] = left
-        if k + 1 == stage.n:
-            self._flush_stage()
         if not left:
             self._finish(self._single[0])  # type: ignore[index]
 
@@ -462,40 +478,127 @@ class Aggregator:
         (Handing them to a helper thread costs more than it saves: the add is
         mostly Python-level work on small views, so the two threads would take
         turns on the interpreter lock.)
+
+        Every run is added even if one fails (a floating-point error under
+        ``np.errstate(...="raise")`` is raised after the ufunc has written its
+        output): the gathered windows count as added, so all must be in the
+        output. The first error is raised at the end.
         """
         stage = self._stage
         if stage is None or not stage.indices:
             return
         self._blend.wait()
-        indices, stage.indices = stage.indices, []
-        self._add_runs(self._runs(np.array(indices)), stage.array[: len(indices)])
+        buf = self._buffers[self._single[0]][THIS]  # type: ignore[index]
+        runs = self._runs(stage, buf)
+        stage.indices, stage.places = [], []
+        stage.local.clear()
+        error: Exception | None = None
+        for target, block, factors, source in runs:
+            for f in factors:  # the buffer is ours: weighted in place
+                try:
+                    np.multiply(block, f, out=block)
+                except Exception as err:
+                    error = error or err
+            try:
+                np.add(target, source, out=target)
+            except Exception as err:
+                error = error or err
+        if error is not None:
+            raise error
 
-    def _runs(self, index: np.ndarray) -> list[tuple[np.ndarray, int, tuple[int, ...]]]:
-        """The gathered windows as runs along the last axis that one strided view can take.
+    def _runs(
+        self, stage: _Stage, buf: np.ndarray
+    ) -> list[tuple[np.ndarray, np.ndarray, list[np.ndarray], np.ndarray]]:
+        """The gathered windows as runs: an output view, the run's block of the buffer,
+        the weight factors for the block and the block's view to add to the output.
 
-        A run holds windows of one grid row whose positions step by the number of
-        colours of the last axis (so they cannot overlap) and whose starts step evenly,
-        with equal normalised weights. Returns each run's rows in the gathering
-        buffer, the step of its starts and its first window's grid position.
+        A run holds windows of one segment (see :class:`_Stage`) and colour at
+        consecutive places there, so side by side along the last axis of the buffer,
+        and their starts step evenly. Where they step by the patch size, the windows
+        tile the output and the run is one block of it; else it is a strided view with
+        the windows along a new first axis. The weight of a window is the product of
+        its 1-D factors: the block is multiplied by that of the axes but the last (one
+        segment, one grid row: the same for all), then by the last axis' factors of its
+        windows side by side.
         """
-        pos = np.unravel_index(index, self._counts)
-        last = pos[-1]
-        m = self._colours(len(pos) - 1)
-        row = index // self._counts[-1]
-        code = self._weight_codes(pos)
-        order = np.lexsort((last, last % m, row))
-        last, row, code = last[order], row[order], code[order]
+        index = np.array(stage.indices)
+        r, s = np.divmod(np.array(stage.places), stage.span)
+        m, q, size = stage.colours, stage.q, stage.size
+        place = (r * m + s % m) * q + s // m  # in the buffer's colour-major layout
+        order = np.argsort(place)
+        place, index = place[order], index[order]
+        last = index % stage.length
         starts = self._starts_a[-1][last]
         step = starts[1:] - starts[:-1]
-        joined = (row[1:] == row[:-1]) & (last[1:] - last[:-1] == m) & (code[1:] == code[:-1])
+        joined = (place[1:] - place[:-1] == 1) & (place[1:] // q == place[:-1] // q)
         # a run's starts step evenly (a cut before a pair frees it from the pair before)
         joined[1:] &= (step[1:] == step[:-1]) | ~joined[:-1]
         cuts = np.flatnonzero(~joined) + 1
-        first = np.stack([p[order] for p in pos], axis=1)  # grid positions, in run order
-        return [
-            (order[a:b], int(step[a]) if b - a > 1 else 0, tuple(first[a].tolist()))
-            for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)])
-        ]
+        k = len(self.dims)
+        lead = buf.ndim - k
+        shape = stage.array.shape[2:-1]  # a window's, but the last axis
+        runs = []
+        for a, b in zip([0, *cuts.tolist()], [*cuts.tolist(), len(order)]):
+            n = b - a
+            group, first = divmod(int(place[a]), q)
+            block = stage.array[(*divmod(group, m), ..., slice(first * size, (first + n) * size))]
+            position = [int(p) for p in np.unravel_index(int(index[a]), self._counts)]
+            factors = [
+                self._last_factors(stage, int(last[a]), group % m)[first * size :][: n * size]
+            ]
+            if k > 1:
+                factors.insert(0, self._head_factor(stage, position[:-1], lead, buf.dtype))
+            corner = [self._starts_l[i][p] for i, p in enumerate(position)]
+            by = int(step[a]) if n > 1 else size
+            if by == size:  # side by side in the output too
+                key = (
+                    *(slice(None),) * lead,
+                    *(slice(c, c + w) for c, w in zip(corner, shape[lead:])),
+                    slice(corner[-1], corner[-1] + n * size),
+                )
+                runs.append((buf[key], block, factors, block))
+                continue
+            offset = sum(c * st for c, st in zip(corner, buf.strides[lead:]))
+            target = np.ndarray(
+                (n, *shape, size),
+                dtype=buf.dtype,
+                buffer=buf,
+                offset=offset,
+                strides=(by * buf.strides[-1], *buf.strides),
+            )
+            source = np.moveaxis(block.reshape(*shape, n, size), -2, 0)
+            runs.append((target, block, factors, source))
+        return runs
+
+    def _head_factor(
+        self, stage: _Stage, head: list[int], lead: int, dtype: np.dtype
+    ) -> np.ndarray:
+        """The weight factor of the axes but the last of a grid row (cached)."""
+        key = tuple(self._factor_ids[i][p] for i, p in enumerate(head))
+        factor = stage.heads.get(key)
+        if factor is None:
+            if len(stage.heads) >= 256:
+                stage.heads.clear()
+            facs = [self._factors[i][p] for i, p in enumerate(head)]
+            axes = [lead + i for i in range(len(head))]
+            factor = stage.heads[key] = _outer(facs, axes, lead + len(head) + 1, dtype)
+        return factor
+
+    def _last_factors(self, stage: _Stage, j: int, colour: int) -> np.ndarray:
+        """The last axis' weight factors of the windows of a segment and colour, side by
+        side as in the gathering buffer (cached), for the segment of window position
+        ``j`` along the last axis."""
+        piece = j // stage.span
+        factors = stage.tiles.get((piece, colour))
+        if factors is None:
+            size, dtype = stage.size, stage.array.dtype
+            factors = np.zeros(stage.q * size, dtype=dtype)  # (places no window takes: 0)
+            for t, s in enumerate(range(colour, stage.span, stage.colours)):
+                p = piece * stage.span + s
+                if p < stage.length:
+                    factors[t * size : (t + 1) * size] = self._factors[-1][p]
+            stage.tiles[(piece, colour)] = factors
+        return factors
 
     def _weight_codes(self, positions: Sequence[np.ndarray]) -> np.ndarray:
         """Per window (given its positions along each axis): equal codes, equal weights."""
@@ -503,61 +606,6 @@ class Aggregator:
         for i, p in enumerate(positions):
             code = code * (len(self._factors[i]) + 1) + self._ids_a[i][p]
         return code
-
-    def _add_runs(
-        self, runs: list[tuple[np.ndarray, int, tuple[int, ...]]], data: np.ndarray
-    ) -> None:
-        """``buf[window] += data[row] * weight`` for every run, one strided view per run.
-
-        Every run is added even if one fails (a floating-point error under
-        ``np.errstate(...="raise")`` is raised after the ufunc has written its
-        output): the gathered windows count as added, so all must be in the
-        output. The first error is raised at the end.
-        """
-        buf = self._buffers[self._single[0]][THIS]  # type: ignore[index]
-        error: Exception | None = None
-        for rows, step, first in runs:
-            try:
-                self._add_run(buf, data, rows, step, first)
-            except Exception as err:
-                error = error or err
-        if error is not None:
-            raise error
-
-    def _add_run(
-        self,
-        buf: np.ndarray,
-        data: np.ndarray,
-        rows: np.ndarray,
-        step: int,
-        position: tuple[int, ...],
-    ) -> None:
-        """Add the gathered ``data[rows]``, a run of windows from grid ``position`` on."""
-        cpos = self._single[0]  # type: ignore[index]
-        weights = self._weights_for(THIS, self._window_parts(position, cpos), buf)
-        lead = buf.ndim - len(self.dims)
-        offset = sum(self._starts_l[i][p] * buf.strides[lead + i] for i, p in enumerate(position))
-        target = np.ndarray(
-            (len(rows), *buf.shape[:lead], *data.shape[1 + lead :]),
-            dtype=buf.dtype,
-            buffer=buf,
-            offset=offset,
-            strides=(step * buf.strides[-1], *buf.strides),
-        )
-        # the gathering buffer is ours, so it is scaled in place; a run's rows there
-        # usually step evenly (gathered in grid order): a view, else a copy
-        a, b = int(rows[0]), int(rows[-1])
-        by = int(rows[1]) - a if len(rows) > 1 else 1
-        if by > 0 and (len(rows) < 3 or (rows[1:] - rows[:-1] == by).all()):
-            part = data[a : b + 1 : by]
-        else:
-            part = data[rows]
-        dtype = np.result_type(part, *weights)
-        if dtype != part.dtype:
-            part = part.astype(dtype)
-        for w in weights:
-            np.multiply(part, w, out=part)
-        target += part
 
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -1168,14 +1216,68 @@ class Aggregator:
 
 
 class _Stage:
-    """Small results gathered to be added together (see :meth:`Aggregator._plan_stage`)."""
+    """Small weighted results gathered to be added together (see :meth:`Aggregator._plan_stage`).
 
-    __slots__ = ("array", "dtype", "indices", "inside", "n", "rows")
+    Laid out as the output is: ``segments`` pieces of grid rows (``span`` windows of
+    one row, the whole row where it fits), each as one block per colour of the last
+    axis (see :meth:`Aggregator._colours`) in which the windows of that colour sit
+    side by side along the last axis. Windows that tile the output along the last
+    axis (the usual half-patch step) then add as one block of long rows: numpy loops
+    over the block's rows, not over each patch's.
+    """
 
-    def __init__(self, inside: bytearray, shape: tuple[int, ...], dtype: np.dtype, n: int) -> None:
+    __slots__ = (
+        "array",
+        "colours",
+        "data_dtype",
+        "heads",
+        "indices",
+        "inside",
+        "length",
+        "local",
+        "pieces",
+        "places",
+        "q",
+        "segments",
+        "size",
+        "slots",
+        "span",
+        "tiles",
+    )
+
+    def __init__(
+        self,
+        *,
+        inside: bytearray,
+        shape: tuple[int, ...],
+        data_dtype: np.dtype,
+        dtype: np.dtype,
+        segments: int,
+        span: int,
+        colours: int,
+        length: int,
+    ) -> None:
         self.inside = inside  # per window: inside the array (no part cut off)
-        self.dtype = dtype
-        self.n = n
-        self.array = np.empty((n, *shape), dtype=dtype)
-        self.rows = list(self.array)  # a view per row, made once
-        self.indices: list[int] = []  # the gathered windows, one per row of the array
+        self.data_dtype = data_dtype  # of the results gathered (others are added at once)
+        self.segments = segments  # pieces of grid rows held at a time
+        self.span = span  # windows per piece
+        self.colours = colours
+        self.length = length  # windows per grid row
+        self.pieces = -(-length // span)  # pieces per grid row
+        self.q = q = -(-span // colours)  # places per colour and piece
+        *head, self.size = shape
+        last = self.size
+        self.array = np.empty((segments, colours, *head, q * last), dtype=dtype)
+        # the place of each window of a piece, as a view made once
+        self.slots = [
+            [
+                piece[s % colours, ..., s // colours * last : (s // colours + 1) * last]
+                for s in range(span)
+            ]
+            for piece in self.array
+        ]
+        self.local: dict[int, int] = {}  # piece key (see Aggregator._add_staged) -> segment
+        self.heads: dict[tuple[int, ...], np.ndarray] = {}  # see Aggregator._head_factor
+        self.tiles: dict[tuple[int, int], np.ndarray] = {}  # see Aggregator._last_factors
+        self.indices: list[int] = []  # the gathered windows
+        self.places: list[int] = []  # and where each is: segment * span + place in the piece
