@@ -218,6 +218,7 @@ def test_gathered_results_partial_twice_and_other_dtypes():
         (("y", "x"), (250, 517), 16, 8, "pad"),  # pad windows are added one by one
         (("band", "y", "x"), (3, 128, 384), 16, 8, "squeeze"),  # a leading dim
         (("z", "y", "x"), (24, 48, 200), 8, 4, "squeeze"),  # 3-D
+        (("y", "x"), (64, 300), 16, 2, "squeeze"),  # 8 colours
     ],
 )
 @pytest.mark.parametrize("pieces", [False, True], ids=["rows", "pieces"])
@@ -245,6 +246,23 @@ def test_gathered_runs_equal_one_by_one(dims, shape, size, step, border, pieces)
         one_by_one = da.patch.apply(lambda p: p.values * 2.0, **kw)
     assert gathered.dtype == one_by_one.dtype == np.float32
     xr.testing.assert_allclose(gathered, one_by_one, rtol=1e-6, atol=1e-6)
+
+
+def test_a_buffer_too_small_for_every_colour_gathers_nothing():
+    """Pieces of rows hold a whole number of colours: with fewer places than colours the
+    results are added one by one (and correctly)."""
+    from xpatch import aggregate
+
+    da = _many_small(shape=(64, 300))
+    kw = dict(y=16, x=16, step=2, weights="gaussian")  # 8 colours along x
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(aggregate, "STAGE_WINDOWS", 5)
+        mp.setattr(aggregate, "STAGE_MIN", 2)
+        agg = da.patch.aggregator(**kw)
+        for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=2)):
+            agg.add(patch.values.copy(), window)
+        assert agg._stage is None
+        assert float(abs(agg.result() - da).max()) < 1e-6
 
 
 def test_a_row_of_tiling_windows_is_added_as_one_block():

@@ -410,11 +410,11 @@ class Aggregator:
 
         Adding a 32 x 32 patch costs a few numpy calls, whatever the patch: for many
         small patches that overhead is most of the work. Results of windows inside
-        the array are weighted into a buffer laid out as the output is (see
-        :class:`_Stage`) and added a whole buffer at a time, one numpy call per run of
-        windows that cannot overlap (see :meth:`_runs`). The windows count as added
-        at once; every read of the output buffers (:meth:`settle`) adds what is
-        gathered first.
+        the array are copied into a buffer laid out as the output is (see
+        :class:`_Stage`), then weighted and added a whole buffer at a time, a few
+        numpy calls per run of windows that cannot overlap (see :meth:`_runs`). The
+        windows count as added at once; every read of the output buffers
+        (:meth:`settle`) adds what is gathered first.
         """
         if self._single is None or self._custom or self._uniform is None:
             return None
@@ -440,6 +440,8 @@ class Aggregator:
         # whole grid rows if they fit (a flush then cuts no run short), else pieces of
         # rows of a whole number of colours
         span = length if length <= n else n - n % m
+        if span == 0:
+            return None  # not one window of each colour fits
         return _Stage(
             inside=bytearray(inside.ravel().tobytes()),
             shape=data.shape,
