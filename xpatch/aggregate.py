@@ -545,9 +545,8 @@ class Aggregator:
             group, first = divmod(int(place[a]), q)
             block = stage.array[(*divmod(group, m), ..., slice(first * size, (first + n) * size))]
             position = [int(p) for p in np.unravel_index(int(index[a]), self._counts)]
-            factors = [
-                self._last_factors(stage, int(last[a]), group % m)[first * size :][: n * size]
-            ]
+            tile = self._last_factors(stage, int(last[a]), group % m, buf.dtype)
+            factors = [tile[first * size : (first + n) * size]]
             if k > 1:
                 factors.insert(0, self._head_factor(stage, position[:-1], lead, buf.dtype))
             corner = [self._starts_l[i][p] for i, p in enumerate(position)]
@@ -575,7 +574,8 @@ class Aggregator:
     def _head_factor(
         self, stage: _Stage, head: list[int], lead: int, dtype: np.dtype
     ) -> np.ndarray:
-        """The weight factor of the axes but the last of a grid row (cached)."""
+        """The weight factor of the axes but the last of a grid row (cached), in the
+        output's dtype as every weight."""
         key = tuple(self._factor_ids[i][p] for i, p in enumerate(head))
         factor = stage.heads.get(key)
         if factor is None:
@@ -586,14 +586,14 @@ class Aggregator:
             factor = stage.heads[key] = _outer(facs, axes, lead + len(head) + 1, dtype)
         return factor
 
-    def _last_factors(self, stage: _Stage, j: int, colour: int) -> np.ndarray:
+    def _last_factors(self, stage: _Stage, j: int, colour: int, dtype: np.dtype) -> np.ndarray:
         """The last axis' weight factors of the windows of a segment and colour, side by
         side as in the gathering buffer (cached), for the segment of window position
         ``j`` along the last axis."""
         piece = j // stage.span
         factors = stage.tiles.get((piece, colour))
         if factors is None:
-            size, dtype = stage.size, stage.array.dtype
+            size = stage.size
             factors = np.zeros(stage.q * size, dtype=dtype)  # (places no window takes: 0)
             for t, s in enumerate(range(colour, stage.span, stage.colours)):
                 p = piece * stage.span + s
