@@ -265,6 +265,36 @@ def test_a_buffer_too_small_for_every_colour_gathers_nothing():
         assert float(abs(agg.result() - da).max()) < 1e-6
 
 
+@pytest.mark.parametrize(
+    "dtype, shape, size, step",
+    [
+        (np.uint8, (512, 512), 64, 32),  # a place holds float32: 4x the result's bytes
+        (np.int16, (512, 512), 64, 32),
+        (np.float32, (64, 1200), 16, 1),  # 16 colours, a row not a multiple of them
+        (np.float32, (64, 1100), 16, 16),
+    ],
+)
+def test_the_gathering_buffer_keeps_to_its_room(dtype, shape, size, step):
+    """At most 1/32 of the output (or 256 KiB, at most 0.5 MiB), whatever the result's
+    dtype and however a grid row divides into colours; results still right."""
+    from xpatch import aggregate
+
+    da = _many_small(shape=shape)
+    kw = dict(y=size, x=size, step=step, weights="gaussian")
+    agg = da.patch.aggregator(**kw)
+    for window, patch in zip(agg.grid, da.patch.sample(y=size, x=size, step=step)):
+        agg.add((patch.values * 100).astype(dtype), window)
+    stage = agg._stage
+    assert stage is not None
+    out_bytes = da.size * 4
+    room = min(
+        aggregate.STAGE_BYTES, max(out_bytes // aggregate.STAGE_SHARE, aggregate.SMALL_BYTES)
+    )
+    assert stage.array.nbytes <= room
+    expected = (da * 100).astype(dtype).astype(np.float32)
+    xr.testing.assert_allclose(agg.result(), expected, rtol=1e-5, atol=1e-4)
+
+
 def test_a_row_of_tiling_windows_is_added_as_one_block():
     """With a step of half the patch size, each colour of a grid row is one run: a block
     of the output whose rows are as long as the run."""

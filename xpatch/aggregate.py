@@ -428,26 +428,30 @@ class Aggregator:
         length = self._counts[-1]
         if 4 * m > length:
             return None  # few windows along the last axis: runs would be too short
-        # at most a few percent of the output (as the cached weights), or SMALL_BYTES
+        # at most a few percent of the output (as the cached weights), or SMALL_BYTES;
+        # a place holds a result as data * weight
+        dtype = np.result_type(data.dtype, buf.dtype)
         room = min(STAGE_BYTES, max(self._buffer_bytes // STAGE_SHARE, SMALL_BYTES))
-        n = min(STAGE_WINDOWS, room // max(data.nbytes, 1), len(self.grid))
-        if n < STAGE_MIN:
+        n = min(STAGE_WINDOWS, room // max(data.size * dtype.itemsize, 1))
+        if min(n, len(self.grid)) < STAGE_MIN:
             return None
         inside = np.ones((), dtype=bool)
         for ax in self.grid.axes:
             mask = (ax.starts >= 0) & (ax.starts + ax.sizes <= ax.length)
             inside = np.logical_and.outer(inside, mask)
-        # whole grid rows if they fit (a flush then cuts no run short), else pieces of
-        # rows of a whole number of colours
-        span = length if length <= n else n - n % m
+        # whole grid rows if they fit (a flush then cuts no run short; a row takes a
+        # whole number of places per colour), else pieces of rows of a whole number
+        # of colours
+        places = -(-length // m) * m
+        span = length if places <= n else n - n % m
         if span == 0:
             return None  # not one window of each colour fits
         return _Stage(
             inside=bytearray(inside.ravel().tobytes()),
             shape=data.shape,
             data_dtype=data.dtype,
-            dtype=np.result_type(data.dtype, buf.dtype),  # as data * weight
-            segments=max(n // span, 1),
+            dtype=dtype,
+            segments=min(n // places, len(self.grid) // length) if span == length else 1,
             span=span,
             colours=m,
             length=length,
