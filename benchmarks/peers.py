@@ -987,6 +987,12 @@ def report(results, workloads, peers, args, bandwidth, wall) -> tuple[str, list[
     if findings:
         md.append("Missed or notable in this run:\n")
         md.extend(f"- {x}" for x in findings)
+        md.append(
+            "\nWhere the memory bound meets what the workload itself holds (two results"
+            " in flight on W3, the batch and its answer on W5, the argmax copy on W4"
+            ' unchunked), see "How the benchmark\'s targets are read" in the'
+            " [design notes](design.md)."
+        )
     else:
         md.append("All targets met in this run.")
     md.append("")
