@@ -1023,7 +1023,8 @@ def print_table(results, workloads, peers, quick):
             )
 
 
-def parent(args) -> int:
+def selection(args) -> tuple[list[str], list[str]]:
+    """The workloads and peers that ``--only`` and ``--peers`` name (default: all)."""
     workloads = [w.strip() for w in args.only.split(",")] if args.only else list(WORKLOADS)
     for w in workloads:
         if w not in WORKLOADS:
@@ -1038,6 +1039,67 @@ def parent(args) -> int:
         peers = [p for p in PEERS if p in peers or base(p) in peers]
     else:
         peers = list(PEERS)
+    return workloads, peers
+
+
+def in_process(args) -> int:
+    """Every selected peer's call ``args.in_process`` times in this one process.
+
+    The rounds are interleaved (the peers in a shuffled, seeded order each round),
+    after one warm-up call each on the real input. The ratios are then free of the
+    per-process noise of a shared machine (a whole process running fast or slow), at
+    the price of what fresh processes measure: first-call costs and peak memory.
+    Torch-based peers are left out unless named: torch's worker threads spin on after
+    each call and slow the next peer's run in the same process.
+    """
+    workloads, peers = selection(args)
+    torch_based = [p for p in peers if base(p) in ("monai", "torchio")]
+    if torch_based and not args.peers:
+        peers = [p for p in peers if p not in torch_based]
+        print("(monai and torchio left out: name them in --peers to include them, see below)")
+    elif torch_based:
+        print(
+            "caution: torch's worker threads go on spinning for a while after each torch"
+            " call and slow whatever runs next in the same process; compare torch-based"
+            " peers in fresh processes (the default mode)"
+        )
+    for w in workloads:
+        wl = dict(WORKLOADS[w])
+        img = np.random.default_rng(0).random(
+            wl["quick"] if args.quick else wl["shape"], dtype=np.float32
+        )
+        names = [p for p in peers if runs_on(p, w) and installed(p)]
+        runners = {p: make_runner(p, img, wl, Counter) for p in names}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for go in runners.values():
+                go()
+            times: dict[str, list[float]] = {p: [] for p in names}
+            order = random.Random(0)
+            for _ in range(args.in_process):
+                order.shuffle(names)
+                for p in names:
+                    t0 = time.perf_counter()
+                    runners[p]()
+                    times[p].append(time.perf_counter() - t0)
+        print(f"\n{w}: {WORKLOADS[w]['title']} ({args.in_process} interleaved calls per peer)")
+        print(
+            f"  {'peer':22s} {'min':>7s} {'q25':>7s} {'median':>7s}   vs xpatch: min  q25  median"
+        )
+        ref = times.get("xpatch")
+        stats = {p: (min(t), float(np.quantile(t, 0.25)), median(t)) for p, t in times.items()}
+        for p in sorted(names, key=lambda p: stats[p][2]):
+            a = stats[p]
+            ratios = ""
+            if ref is not None:
+                r = stats["xpatch"]
+                ratios = "  ".join(f"{x / y:4.2f}" for x, y in zip(a, r))
+            print(f"  {p:22s} {a[0]:7.3f} {a[1]:7.3f} {a[2]:7.3f}   {ratios}")
+    return 0
+
+
+def parent(args) -> int:
+    workloads, peers = selection(args)
     if BASE_PEER not in peers:
         peers.insert(0, BASE_PEER)  # the ratios need it
     quick_flag = ["--quick"] if args.quick else []
@@ -1134,6 +1196,13 @@ def main(argv=None) -> int:
         help="start every run in a new interpreter (slower) instead of forking it from"
         " a process that has imported the peer's packages",
     )
+    ap.add_argument(
+        "--in-process",
+        type=int,
+        metavar="N",
+        help="instead: N interleaved calls per peer in one process per workload (min,"
+        " lower quartile, median and their ratios to xpatch; no memory, no first-call costs)",
+    )
     ap.add_argument("--zygote", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=2, metavar=("WORKLOAD", "PEER"), help=argparse.SUPPRESS)
     ap.add_argument("--cprofile", action="store_true", help=argparse.SUPPRESS)
@@ -1155,6 +1224,8 @@ def main(argv=None) -> int:
         return 0
     if args.profile:
         return profile(args)
+    if args.in_process:
+        return in_process(args)
     return parent(args)
 
 
