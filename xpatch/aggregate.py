@@ -1222,7 +1222,8 @@ class Aggregator:
 
 
 class _Stage:
-    """Small weighted results gathered to be added together (see :meth:`Aggregator._plan_stage`).
+    """Small results gathered to be weighted and added together (see
+    :meth:`Aggregator._plan_stage`).
 
     Laid out as the output is: ``segments`` pieces of grid rows (``span`` windows of
     one row, the whole row where it fits), each as one block per colour of the last
