@@ -772,11 +772,13 @@ def versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version()}
-    for dist in ("numpy", "xarray", "scipy", "xpatch", "patchly", "tiler", "monai", "torchio"):
+    # name in the report -> distribution name (xpatch is distributed as xarray-patch)
+    dists = {"xpatch": "xarray-patch"}
+    for name in ("numpy", "xarray", "scipy", "xpatch", "patchly", "tiler", "monai", "torchio"):
         try:
-            out[dist] = metadata.version(dist)
+            out[name] = metadata.version(dists.get(name, name))
         except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
+            out[name] = "not installed"
     try:
         out["torch"] = metadata.version("torch")
     except metadata.PackageNotFoundError:

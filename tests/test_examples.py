@@ -10,10 +10,14 @@ The ```` ```python ```` blocks of each page of the user documentation (docs/*.md
 run the same way, top to bottom, as one script per page, so the docs cannot drift
 from the code. Blocks meant to be read only (other libraries' code) use another
 fence, such as ```` ```{code-block} python ````.
+
+A script or page that imports an optional package of ``OPTIONAL`` (PyTorch, which
+the ``test`` extra does not install) is skipped where that package is missing.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -36,6 +40,9 @@ OUTPUTS = {
     "pytorch_dataloader.py": "prediction.nc",
 }
 TIMEOUT = 300  # seconds: a hung script fails instead of stalling CI
+# Packages a script or page may import that the ``test`` extra does not install:
+# where one is missing, the script or page is skipped instead of failing.
+OPTIONAL = {"torch"}
 
 
 def python_blocks(page: Path) -> list[str]:
@@ -55,6 +62,18 @@ def python_blocks(page: Path) -> list[str]:
     return blocks
 
 
+def skip_without_optional(code: str) -> None:
+    """Skip the calling test unless every ``OPTIONAL`` package that ``code`` imports is there."""
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            imported.add(node.module.split(".")[0])
+    for name in sorted(imported & OPTIONAL):
+        pytest.importorskip(name)
+
+
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run a Python script in a fresh process, as a user would."""
     env = os.environ | {"MPLBACKEND": "Agg", "PYTHONWARNINGS": "default"}
@@ -70,6 +89,7 @@ def test_every_example_is_known() -> None:
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
 def test_example_runs(script: Path, tmp_path: Path) -> None:
+    skip_without_optional(script.read_text())
     output = tmp_path / OUTPUTS.get(script.name, f"{script.stem}.out")
     start = time.perf_counter()
     proc = run([str(script), str(output)], cwd=tmp_path)
@@ -89,6 +109,7 @@ def test_docs_have_code() -> None:
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_docs_page_code_runs(page: Path, tmp_path: Path) -> None:
     blocks = python_blocks(page)
+    skip_without_optional("\n".join(blocks))
     script = tmp_path / f"{page.stem}.py"
     # Each block starts on a line of its own; a comment says where it came from.
     script.write_text(

@@ -24,7 +24,7 @@ from xpatch.errors import (
 from xpatch.grid import PatchGrid, Window, axis_starts
 
 try:
-    __version__ = version("xpatch")
+    __version__ = version("xarray-patch")
 except PackageNotFoundError:  # pragma: no cover - not installed
     __version__ = "0.0.0"
 
