@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -104,6 +108,66 @@ def test_known_small_values():
     np.testing.assert_array_equal(hann().factor(3), [0.5, 1.0, 0.5])
     np.testing.assert_array_equal(hann().factor(1), [1.0])
     np.testing.assert_array_equal(gaussian().factor(1), [1.0])
+
+
+# The kernels are computed in numpy with scipy's arithmetic (scipy.signal is slow to
+# import); they must stay bit for bit the contract's scipy windows for every size.
+ALL_SIZES = range(1, 1025)
+
+
+def _all_factors(make) -> np.ndarray:
+    """The 1-D kernels of every size in ALL_SIZES, end to end (one comparison)."""
+    return np.concatenate([make(n) for n in ALL_SIZES])
+
+
+def test_hann_matches_scipy_bit_for_bit_for_every_size():
+    ours = _all_factors(hann().factor)
+    theirs = _all_factors(lambda n: windows.hann(n + 2)[1:-1])
+    assert ours.dtype == np.float64
+    assert np.array_equal(ours, theirs), np.flatnonzero(ours != theirs)[:10]
+
+
+@pytest.mark.parametrize(
+    "sigma", [0.01, 0.05, 0.1, 0.125, 1 / 6, 0.2, 0.25, 1 / 3, 0.5, 1.0, 4.0, 0.0837]
+)
+def test_gaussian_matches_scipy_bit_for_bit_for_every_size(sigma):
+    ours = _all_factors(gaussian(sigma=sigma).factor)
+    theirs = _all_factors(lambda n: windows.gaussian(n, std=sigma * n))
+    assert ours.dtype == np.float64
+    assert np.array_equal(ours, theirs), np.flatnonzero(ours != theirs)[:10]
+
+
+def test_empty_factor_matches_scipy():
+    assert gaussian().factor(0).shape == hann().factor(0).shape == (0,)
+    assert windows.gaussian(0, std=0.0).shape == windows.hann(2)[1:-1].shape == (0,)
+
+
+def test_default_kernels_do_not_import_scipy_signal():
+    """A first apply with the built-in kernels does not pay for importing scipy.signal."""
+    code = textwrap.dedent(
+        """
+        import sys
+
+        import numpy as np
+        import xarray as xr
+
+        import xpatch
+
+        da = xr.DataArray(np.arange(64.0).reshape(8, 8), dims=("y", "x"))
+        for weights in ("gaussian", "hann", "mean", xpatch.weights.gaussian(0.3)):
+            out = da.patch.apply(lambda p: p, y=4, x=4, step=2, weights=weights)
+            np.testing.assert_allclose(out, da)
+        xpatch.weights.resolve("hann", ("y", "x"))({"y": 5, "x": 7})
+        loaded = sorted(m for m in sys.modules if m.startswith("scipy.signal"))
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 # --------------------------------------------------------------------------

@@ -101,18 +101,35 @@ class _Hann(Kernel):
         return _hann_factor(int(n)).copy()
 
 
+# The 1-D factors are computed here in numpy with exactly the arithmetic of
+# scipy.signal.windows (``_windows.py``, read in scipy 1.17), so they are bit-for-bit
+# the contract's values (tests compare with scipy for every P up to 1024) without
+# importing scipy.signal, which costs about half a second at the first call.
+
+
 @lru_cache(maxsize=256)
 def _gaussian_factor(n: int, sigma: float) -> np.ndarray:
-    from scipy.signal import windows  # imported on first use: it is slow to import
-
-    return windows.gaussian(n, std=sigma * n)
+    """``scipy.signal.windows.gaussian(n, std=sigma * n)`` (symmetric)."""
+    if n <= 1:  # scipy's _len_guards
+        return np.ones(n, dtype=np.float64)
+    std = sigma * n
+    i = np.arange(0, n, dtype=np.float64) - (n - 1.0) / 2.0
+    sig2 = 2 * std * std
+    return np.exp(-(i**2) / sig2)
 
 
 @lru_cache(maxsize=256)
 def _hann_factor(n: int) -> np.ndarray:
-    from scipy.signal import windows
+    """``scipy.signal.windows.hann(n + 2)[1:-1]``.
 
-    return windows.hann(n + 2)[1:-1]
+    scipy's hann is ``general_hamming(M, 0.5)``, i.e. ``general_cosine`` with
+    ``a = [0.5, 0.5]``: ``w = 0 + 0.5 * cos(0 * fac) + 0.5 * cos(1 * fac)`` on
+    ``fac = linspace(-pi, pi, M)``. The first term is exactly 0.5 and ``1 * fac``
+    is ``fac``, so ``0.5 + 0.5 * cos(fac)`` is the same value bit for bit.
+    """
+    m = n + 2  # >= 2: scipy's length guard (M <= 1) never applies
+    fac = np.linspace(-np.pi, np.pi, m, dtype=np.float64)
+    return (0.5 + 0.5 * np.cos(fac))[1:-1]
 
 
 def mean() -> Kernel:
@@ -137,7 +154,9 @@ def gaussian(sigma: float = 0.125) -> Kernel:
     Notes
     -----
     The 1-D factor is ``scipy.signal.windows.gaussian(P, std=sigma * P)``, used
-    as is: its peak is 1 for odd ``P`` and just below 1 for even ``P``.
+    as is: its peak is 1 for odd ``P`` and just below 1 for even ``P``. It is
+    computed in numpy with scipy's arithmetic (the same values, bit for bit),
+    so scipy.signal is never imported.
 
     Examples
     --------
@@ -151,6 +170,7 @@ def hann() -> Kernel:
     """Hann weights, ``scipy.signal.windows.hann(P + 2)[1:-1]`` along each axis.
 
     Strictly positive: an element covered by a single patch keeps its value.
+    Computed in numpy with scipy's arithmetic (the same values, bit for bit).
 
     Examples
     --------
