@@ -237,7 +237,7 @@ def planning_child(args: argparse.Namespace) -> None:
         grid = template.patch.grid(y=size, x=size, step=step)
         t0 = time.perf_counter()
         agg = xpatch.Aggregator(template, grid, chunks=chunk)
-        agg.chunk_order()
+        agg.layout.order()
         patches = len(grid)
     else:
         from patchly.sampler import GridSampler

@@ -97,7 +97,7 @@ def test_hand_written_loop_matches_reference(case, weights, by_coords):
 
 def _gather_tiny(mp: pytest.MonkeyPatch) -> None:
     """Gather results of tiny arrays too, a few at a time (several runs, leftovers)."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     mp.setattr(aggregate, "STAGE_MIN", 2)
     mp.setattr(aggregate, "STAGE_SHARE", 1)
@@ -138,14 +138,14 @@ def _many_small(dims=("y", "x"), shape=(512, 512)):
 )
 def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
     """1 KiB patches on a 1 MiB output: gathered by default, same result as one by one."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     da = _many_small(dims, shape)
     kw = dict(y=16, x=16, step=8, weights=weights)
     agg = da.patch.aggregator(**kw)
     for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
         agg.add(patch.values.copy(), window)
-    stage = agg._stage
+    stage = agg._gathering
     assert stage is not None and stage.segments * stage.span >= aggregate.STAGE_MIN
     assert stage.span == agg.grid.shape["x"]  # whole grid rows per flush
     gathered = agg.result()
@@ -162,22 +162,22 @@ def test_many_small_patches_are_gathered_and_round_trip(weights, dims, shape):
 def test_small_outputs_still_cache_weights_and_gather(monkeypatch):
     """A few hundred KiB of cached weights and gathering buffer are allowed next to any
     output: a 64 KiB output does not rebuild a weight per patch."""
-    from xpatch.aggregate import Aggregator
+    from xpatch._placement import Placement
 
     da = _many_small(shape=(128, 128))
     kw = dict(y=16, x=16, step=8, weights="gaussian")
     built = []
-    weights = Aggregator._weights
+    keep = Placement._keep  # called once per weight built
 
     def counted(self, key, *args):
         built.append(key)
-        return weights(self, key, *args)
+        return keep(self, key, *args)
 
-    monkeypatch.setattr(Aggregator, "_weights", counted)
+    monkeypatch.setattr(Placement, "_keep", counted)
     agg = da.patch.aggregator(**kw)
     for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=8)):
         agg.add(patch.values.copy(), window)
-    assert agg._stage is not None
+    assert agg._gathering is not None
     assert len(built) == len(set(built)) < len(agg.grid) / 10  # once per distinct weight
     assert float(abs(agg.result() - da).max()) < 1e-6
 
@@ -185,7 +185,7 @@ def test_small_outputs_still_cache_weights_and_gather(monkeypatch):
 def test_gathered_results_partial_twice_and_other_dtypes():
     """Gathered windows count as added at once: for partial results, twice-added errors
     and a result dtype that changes (those are added one by one, still correctly)."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     da = _many_small()
     kw = dict(y=16, x=16, step=8, weights="gaussian")
@@ -225,7 +225,7 @@ def test_gathered_results_partial_twice_and_other_dtypes():
 def test_gathered_runs_equal_one_by_one(dims, shape, size, step, border, pieces):
     """The gathering buffer, laid out as the output, for every kind of run: rows or
     pieces of rows, windows side by side or with gaps, leading dims, 1-D to 3-D."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     da = _many_small(dims, shape)
     kw = dict(dict.fromkeys([d for d in dims if d != "band"], size), step=step)
@@ -238,7 +238,7 @@ def test_gathered_runs_equal_one_by_one(dims, shape, size, step, border, pieces)
         patches = da.patch.sample(**{k: v for k, v in kw.items() if k != "weights"})
         for window, patch in zip(agg.grid, patches):
             agg.add(patch.values * 2.0, window)
-        stage = agg._stage
+        stage = agg._gathering
         assert stage is not None
         assert (stage.span < agg.grid.shape["x"]) == pieces
         gathered = agg.result()
@@ -251,7 +251,7 @@ def test_gathered_runs_equal_one_by_one(dims, shape, size, step, border, pieces)
 def test_a_buffer_too_small_for_every_colour_gathers_nothing():
     """Pieces of rows hold a whole number of colours: with fewer places than colours the
     results are added one by one (and correctly)."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     da = _many_small(shape=(64, 300))
     kw = dict(y=16, x=16, step=2, weights="gaussian")  # 8 colours along x
@@ -261,7 +261,7 @@ def test_a_buffer_too_small_for_every_colour_gathers_nothing():
         agg = da.patch.aggregator(**kw)
         for window, patch in zip(agg.grid, da.patch.sample(y=16, x=16, step=2)):
             agg.add(patch.values.copy(), window)
-        assert agg._stage is None
+        assert agg._gathering is None
         assert float(abs(agg.result() - da).max()) < 1e-6
 
 
@@ -277,14 +277,14 @@ def test_a_buffer_too_small_for_every_colour_gathers_nothing():
 def test_the_gathering_buffer_keeps_to_its_room(dtype, shape, size, step):
     """At most 1/32 of the output (or 256 KiB, at most 0.5 MiB), whatever the result's
     dtype and however a grid row divides into colours; results still right."""
-    from xpatch import aggregate
+    from xpatch import _gather as aggregate
 
     da = _many_small(shape=shape)
     kw = dict(y=size, x=size, step=step, weights="gaussian")
     agg = da.patch.aggregator(**kw)
     for window, patch in zip(agg.grid, da.patch.sample(y=size, x=size, step=step)):
         agg.add((patch.values * 100).astype(dtype), window)
-    stage = agg._stage
+    stage = agg._gathering
     assert stage is not None
     out_bytes = da.size * 4
     room = min(
@@ -298,7 +298,6 @@ def test_the_gathering_buffer_keeps_to_its_room(dtype, shape, size, step):
 def test_a_row_of_tiling_windows_is_added_as_one_block():
     """With a step of half the patch size, each colour of a grid row is one run: a block
     of the output whose rows are as long as the run."""
-    from xpatch._structure import THIS
 
     da = _many_small(shape=(64, 512))
     agg = da.patch.aggregator(y=16, x=16, step=8, weights="gaussian")
@@ -306,8 +305,7 @@ def test_a_row_of_tiling_windows_is_added_as_one_block():
     row = agg.grid.shape["x"]
     for window, patch in zip(windows[:row], da.patch.sample(y=16, x=16, step=8)):
         agg.add(patch.values.copy(), window)
-    buf = agg._buffers[agg._single[0]][THIS]
-    runs = agg._runs(agg._stage, buf)
+    runs = agg._gathering._runs()
     assert len(runs) == 2  # one per colour
     for target, block, _, source in runs:
         assert source is block and target.shape == block.shape
@@ -328,7 +326,7 @@ def test_a_failing_weighting_still_adds_every_gathered_window():
                 agg.add(np.full((16, 16), 1e-44 if w.index in tiny else 1.0, np.float32), w)
             agg.result()
     for w in windows:  # whatever was not added yet when the error came
-        if not agg._added[w.index]:
+        if not agg._tally.added[w.index]:
             agg.add(np.full((16, 16), 1.0, np.float32), w)
     out = agg.result().values
     assert agg.n_added == len(windows)
@@ -360,7 +358,7 @@ def test_a_failing_flush_still_adds_every_gathered_window():
                 agg.add(results[w.index], w)
             agg.result()
     for w in windows:  # whatever was not added yet when the error came
-        if not agg._added[w.index]:
+        if not agg._tally.added[w.index]:
             agg.add(results[w.index], w)
     with np.errstate(invalid="ignore"):
         out = agg.result().values

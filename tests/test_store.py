@@ -302,7 +302,7 @@ def test_hand_written_loop_holds_at_most_a_row_of_chunks():
         y=16, x=16, step=8, chunks=20, on_chunk=lambda c: finished.append(1) or c
     )
     most = 0
-    order = agg.chunk_order()
+    order = agg.layout.order()
     assert sorted(order.tolist()) == list(range(len(agg.grid)))
     for k, i in enumerate(order):
         window = agg.grid[int(i)]
@@ -324,10 +324,10 @@ def test_planning_30k_patches_by_64_chunks_is_fast():
     assert len(grid) > 28_000
     t0 = time.perf_counter()
     agg = xpatch.Aggregator(template, grid, chunks=340)
-    order = agg.chunk_order()
+    order = agg.layout.order()
     elapsed = time.perf_counter() - t0
     print(f"planning {len(grid)} patches x 64 chunks: {elapsed:.3f} s")
-    assert agg.chunk_grid == (8, 8)
+    assert agg.layout.shape == (8, 8)
     assert len(order) == len(grid) == len(np.unique(order))
     # windows come grouped by the first chunk they touch, row-major
     first = np.array(

@@ -3,53 +3,19 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from xpatch._options import ApplyOptions
 from xpatch._sampling import Sampler
+from xpatch._sinks import Sink
 from xpatch._structure import THIS, Meta, split
-from xpatch._validate import positive_int
-from xpatch.aggregate import Aggregator
-from xpatch.errors import DimensionError, ResultError
+from xpatch.aggregate import Aggregator, BlendPlan
+from xpatch.errors import ResultError
 from xpatch.grid import PatchGrid, Window
-
-
-def check_apply_args(
-    obj: xr.DataArray | xr.Dataset,
-    func: Any,
-    batch_size: Any,
-    batch_dim: Hashable,
-    output_dims: Sequence[Hashable] | None,
-) -> tuple[int | None, tuple[Hashable, ...] | None, tuple[Hashable, ...] | None]:
-    """Validate the arguments of ``apply`` that the grid and aggregator do not check.
-
-    Returns ``batch_size``, the dims of one window's result (for the aggregator)
-    and, when batching, the dims of a batched result with ``batch_dim`` where the
-    user put it.
-    """
-    if not callable(func):
-        raise TypeError(f"func must be callable, got {type(func).__name__}")
-    if batch_size is not None:
-        batch_size = positive_int(batch_size, "batch_size")
-        if batch_dim in obj.dims:
-            raise DimensionError(
-                f"batch_dim {batch_dim!r} is already a dim of the array {tuple(obj.dims)};"
-                " choose another name"
-            )
-    if output_dims is None:
-        return batch_size, None, None
-    output_dims = tuple(output_dims)
-    if batch_size is None:
-        return batch_size, output_dims, None
-    if batch_dim not in output_dims:
-        raise DimensionError(
-            f"output_dims {output_dims} must name the batch dim {batch_dim!r} when"
-            " batch_size is given"
-        )
-    return batch_size, tuple(d for d in output_dims if d != batch_dim), output_dims
 
 
 def batches(
@@ -113,25 +79,26 @@ def _call(func: Callable[[Any], Any], arg: Any, where: Any) -> Any:
 def run(
     obj: xr.DataArray | xr.Dataset,
     func: Callable[[Any], Any],
-    grid: PatchGrid,
     agg: Aggregator,
-    *,
-    batch_size: int | None,
-    batch_dim: Hashable,
-    batch_dims: tuple[Hashable, ...] | None,
-    ordered: bool,
-    progress: bool,
+    options: ApplyOptions,
     skip: np.ndarray | None = None,
 ) -> Aggregator:
-    """Run ``func`` over every window of ``grid`` and add the results to ``agg``."""
+    """Run ``func`` over every window of the aggregator's grid and add the results.
+
+    With ``chunks``, windows come in the chunk plan's order (chunks finish early);
+    windows flagged in ``skip`` (resume) are left out.
+    """
+    grid = agg.grid
     sampler = Sampler(obj, grid)
-    order: Sequence[int] = agg.chunk_order() if ordered else range(len(grid))
+    ordered = options.blend.chunks is not None
+    order: Sequence[int] = agg.layout.order() if ordered else range(len(grid))
     if skip is not None:
         order = [i for i in order if not skip[i]]
-    bar = _progress(len(order), progress)
+    bar = _progress(len(order), options.progress)
     windows: Iterable[Window] = (
         iter(grid) if isinstance(order, range) else (grid[int(i)] for i in order)
     )
+    batch_size, batch_dim = options.batch_size, options.batch_dim
     try:
         if batch_size is None:
             sample = sampler.cutter()
@@ -156,7 +123,11 @@ def run(
                 batch = sampler.batch(group, batch_dim)
                 result = _call(func, batch, where)
                 # windows of a batch share one shape: the layout is checked once per batch
-                box = [batched_variables(result, len(group), batch_dim, default, batch_dims, where)]
+                box = [
+                    batched_variables(
+                        result, len(group), batch_dim, default, options.batch_output_dims, where
+                    )
+                ]
                 del batch, result  # handed over: not alive here while func makes the next one
                 agg.add_batch(group, box, batch_dim)
                 if bar is not None:
@@ -227,100 +198,15 @@ def apply(
     obj: xr.DataArray | xr.Dataset,
     func: Callable[[Any], Any],
     grid: PatchGrid,
-    *,
-    weights: Any,
-    batch_size: Any,
-    batch_dim: Hashable,
-    output_dims: Sequence[Hashable] | None,
-    chunks: int | Mapping[Hashable, int] | None,
-    on_chunk: Callable[[Any], Any] | None,
-    fill_value: Any,
-    progress: bool,
-    sink: Any = None,
+    options: ApplyOptions,
+    sink: Sink | None = None,
 ) -> xr.DataArray | xr.Dataset:
-    """Eager ``apply``: every argument is checked before ``func`` is first called.
+    """Eager ``apply``: plan, run ``func`` over the grid, return the blended result.
 
     A ``sink`` that recorded finished chunks (``sink.done``, a resumed zarr store)
     makes the run skip the windows that touch only those chunks.
     """
-    batch_size, agg_dims, batch_dims = check_apply_args(
-        obj, func, batch_size, batch_dim, output_dims
-    )
-    agg = Aggregator(
-        obj,
-        grid,
-        weights=weights,
-        chunks=chunks,
-        on_chunk=on_chunk,
-        fill_value=fill_value,
-        output_dims=agg_dims,
-        sink=sink,
-    )
-    done = getattr(sink, "done", None)
-    skip = agg.skip_finished(done) if done is not None else None
-    run(
-        obj,
-        func,
-        grid,
-        agg,
-        batch_size=batch_size,
-        batch_dim=batch_dim,
-        batch_dims=batch_dims,
-        ordered=chunks is not None,
-        progress=progress,
-        skip=skip,
-    )
+    agg = Aggregator.from_plan(BlendPlan.make(grid, options.blend), obj, sink)
+    skip = agg.skip_finished(sink.done) if sink is not None and sink.done is not None else None
+    run(obj, func, agg, options, skip)
     return agg.result()
-
-
-def make_aggregator(
-    obj: xr.DataArray | xr.Dataset,
-    grid: PatchGrid,
-    *,
-    weights: Any,
-    chunks: int | Mapping[Hashable, int] | None,
-    on_chunk: Callable[[Any], Any] | None,
-    fill_value: Any,
-    output_dims: Sequence[Hashable] | None,
-    out: Any,
-) -> Aggregator:
-    """The aggregator behind ``obj.patch.aggregator``."""
-    sink = None
-    if out is not None:
-        from xpatch._chunks import chunk_sizes
-        from xpatch.store import ZarrSink
-
-        sink = ZarrSink(out, obj, grid, chunk_sizes(chunks, grid), resume=False)
-    return Aggregator(
-        obj,
-        grid,
-        weights=weights,
-        chunks=chunks,
-        on_chunk=on_chunk,
-        fill_value=fill_value,
-        output_dims=output_dims,
-        sink=sink,
-    )
-
-
-def dispatch(
-    obj: xr.DataArray | xr.Dataset,
-    func: Callable[[Any], Any],
-    grid: PatchGrid,
-    *,
-    out: Any,
-    resume: bool,
-    **kwargs: Any,
-) -> xr.DataArray | xr.Dataset:
-    """Pick the eager, out-of-core or lazy (dask) path of ``apply``."""
-    if out is None:
-        if resume:
-            raise ValueError("resume=True needs out=, the zarr store of the interrupted run")
-        from xpatch.parallel import apply_lazy, is_dask_backed
-
-        if is_dask_backed(obj):
-            return apply_lazy(obj, func, grid, **kwargs)
-        return apply(obj, func, grid, **kwargs)
-    from xpatch.store import apply_to_store
-
-    return apply_to_store(obj, func, grid, out=out, resume=resume, **kwargs)

@@ -10,42 +10,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 from xarray.core.indexing import PandasIndexingAdapter
 
+from xpatch._structure import padded_coordinate
 from xpatch.grid import PatchGrid, Window
-
-
-def padded_coordinate(values: np.ndarray, before: int, after: int) -> np.ndarray:
-    """A 1-D coordinate extended by ``before``/``after`` elements.
-
-    Numeric and datetime coordinates are extrapolated linearly with the spacing
-    of their first (last) two values; other coordinates repeat their edge value.
-
-    Examples
-    --------
-    >>> padded_coordinate(np.array([10.0, 10.5, 11.0]), 2, 1)
-    array([ 9. ,  9.5, 10. , 10.5, 11. , 11.5])
-    """
-    values = np.asarray(values)
-    if before == 0 and after == 0:
-        return values
-    if values.dtype.kind == "u":
-        values = values.astype(np.int64)
-    if values.dtype.kind in "ifmM":
-        if len(values) >= 2:
-            lo, hi = values[1] - values[0], values[-1] - values[-2]
-        elif values.dtype.kind in "if":
-            lo = hi = values.dtype.type(1)
-        else:
-            return np.pad(values, (before, after), mode="edge")
-        head = values[0] - lo * np.arange(before, 0, -1)
-        tail = values[-1] + hi * np.arange(1, after + 1)
-        return np.concatenate([head, values, tail]).astype(values.dtype, copy=False)
-    return np.pad(values, (before, after), mode="edge")
 
 
 def spatial_subset(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable]) -> Any:
@@ -54,6 +26,14 @@ def spatial_subset(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable]) -> 
         keep = [k for k, v in obj.data_vars.items() if set(dims) <= set(v.dims)]
         return obj[keep]
     return obj
+
+
+class CutPlan(NamedTuple):
+    """How a window is cut from the source (see :meth:`Sampler.plan`)."""
+
+    indexers: dict[Hashable, Any]  # per dim: a slice, or integer positions (pad border)
+    masks: list[tuple[Hashable, np.ndarray]]  # constant padding: which positions are data
+    coords: dict[Hashable, Any]  # dim coordinates replaced by extrapolated ones
 
 
 class Sampler:
@@ -116,13 +96,12 @@ class Sampler:
             return fast.batch(windows, batch_dim)
         return stack([self(w) for w in windows], windows, batch_dim)
 
-    def plan(
-        self, window: Window
-    ) -> tuple[dict[Hashable, Any], list[tuple[Hashable, np.ndarray]], dict[Hashable, Any]]:
+    def plan(self, window: Window) -> CutPlan:
         """How to cut ``window``: per-dim indexers, constant-pad masks, replaced coords.
 
         Indexers are slices for windows inside the array and integer arrays
-        (through the padded index map) for dims where a window leaves it.
+        (through the padded index map) for dims where a window leaves it. Every
+        reader of a padded window (``isel``, file runs, dask blocks) follows this plan.
         """
         indexers: dict[Hashable, Any] = {}
         masks: list[tuple[Hashable, np.ndarray]] = []
@@ -139,7 +118,7 @@ class Sampler:
             indexers[d] = raw
             if d in self._coords:
                 coords[d] = (d, self._coords[d][s.start + b : s.stop + b])
-        return indexers, masks, coords
+        return CutPlan(indexers, masks, coords)
 
     def __call__(self, window: Window) -> Any:
         if self._inside or all(
@@ -439,3 +418,112 @@ def stack(patches: Sequence[Any], windows: Sequence[Window], batch_dim: Hashable
         for k, v in first.data_vars.items()
     }
     return xr.Dataset(data_vars, coords=coords, attrs=first.attrs)
+
+
+class BlockCut:
+    """One variable's patch cut from the dask blocks it reads (the dask path's reader
+    of a :class:`CutPlan`).
+
+    Per axis, ``pieces`` lists ``(block, slice within block)`` in order; concatenated
+    they form a compact axis, and ``local`` indexes the patch in it (``slice(None)``
+    for a window inside the array, integer positions for a padded one). Only blocks
+    holding needed elements are read, so a wrap-padded patch reads the two ends of
+    an axis, not everything in between.
+    """
+
+    def __init__(
+        self,
+        blocks: list[list[int]],
+        cuts: list[list[slice]],
+        local: list[Any],
+        masks: list[tuple[int, np.ndarray]],
+        shape: tuple[int, ...],
+    ) -> None:
+        self.blocks, self.cuts, self.local, self.masks, self.shape = (
+            blocks,
+            cuts,
+            local,
+            masks,
+            shape,
+        )
+
+    @classmethod
+    def of(
+        cls,
+        plan: CutPlan,
+        dims: Sequence[Hashable],
+        shape: Sequence[int],
+        chunks: Sequence[Sequence[int]],
+    ) -> BlockCut:
+        """The cut of a variable with ``dims``, ``shape`` and dask ``chunks``."""
+        blocks, cuts, local, out_shape = [], [], [], []
+        for d, n, c in zip(dims, shape, chunks):
+            edges = np.concatenate([[0], np.cumsum(c)])
+            ix = plan.indexers.get(d, slice(0, int(n)))
+            pieces, where = _axis_pieces(edges, ix)
+            blocks.append([b for b, _ in pieces])
+            cuts.append([c for _, c in pieces])
+            local.append(where)
+            out_shape.append(ix.stop - ix.start if isinstance(ix, slice) else len(ix))
+        masks = [(list(dims).index(d), m) for d, m in plan.masks]
+        return cls(blocks, cuts, local, masks, tuple(out_shape))
+
+    def keys(self, name: str) -> Any:
+        """Nested lists of the keys of the blocks read (the task's arguments)."""
+        if not self.blocks:
+            return (name,)
+
+        def build(prefix: tuple[int, ...], rest: Sequence[list[int]]) -> Any:
+            if not rest:
+                return (name, *prefix)
+            return [build((*prefix, b), rest[1:]) for b in rest[0]]
+
+        return build((), self.blocks)
+
+    def gather(self, blocks: Any) -> np.ndarray:
+        """Concatenate the needed parts of the input blocks and cut the patch from them."""
+        arr = np.block(self._trim(blocks, ())) if self.cuts else np.asarray(blocks)
+        for axis, ix in enumerate(self.local):
+            if not isinstance(ix, slice):
+                arr = np.take(arr, ix, axis=axis)
+        for axis, valid in self.masks:
+            shape = [1] * arr.ndim
+            shape[axis] = len(valid)
+            arr = np.where(valid.reshape(shape), arr, np.zeros((), dtype=arr.dtype))
+        return arr
+
+    def _trim(self, nested: Any, position: tuple[int, ...]) -> Any:
+        """Slice every block of a nested list to the part the patch needs."""
+        if len(position) == len(self.cuts):
+            return np.asarray(nested)[tuple(c[p] for c, p in zip(self.cuts, position))]
+        return [self._trim(sub, (*position, j)) for j, sub in enumerate(nested)]
+
+
+def _axis_pieces(edges: np.ndarray, ix: Any) -> tuple[list[tuple[int, slice]], Any]:
+    """The parts of input blocks one axis of a patch reads, and where the patch lies
+    in them (see :class:`BlockCut`)."""
+    if isinstance(ix, slice):
+        lo, hi = ix.start, ix.stop
+        b0 = int(np.searchsorted(edges, lo, side="right") - 1)
+        b1 = int(np.searchsorted(edges, hi, side="left"))
+        pieces = []
+        for b in range(b0, b1):
+            e0, e1 = int(edges[b]), int(edges[b + 1])
+            pieces.append((b, slice(max(lo, e0) - e0, min(hi, e1) - e0)))
+        return pieces, slice(None)
+    uniq = np.unique(ix)
+    blocks = np.searchsorted(edges, uniq, side="right") - 1
+    pieces, starts, offsets = [], {}, {}
+    offset = 0
+    for b in np.unique(blocks):
+        sel = uniq[blocks == b]
+        a, z = int(sel.min()), int(sel.max()) + 1
+        e0 = int(edges[b])
+        pieces.append((int(b), slice(a - e0, z - e0)))
+        starts[int(b)], offsets[int(b)] = a, offset
+        offset += z - a
+    of_ix = np.searchsorted(edges, ix, side="right") - 1
+    local = np.array(
+        [offsets[int(b)] + int(i) - starts[int(b)] for b, i in zip(of_ix, ix)], dtype=np.intp
+    )
+    return pieces, local

@@ -18,6 +18,9 @@ from xpatch.errors import ResultError
 
 THIS = "<this-array>"  # key of a DataArray result in the mapping of variables
 
+# a result as named arrays: name -> (dims, data)
+Variables = dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]]
+
 
 class What:
     """A description of a result for error messages, formatted only when needed."""
@@ -64,7 +67,7 @@ def split(
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
     what: Any,
-) -> tuple[dict[Hashable, tuple[tuple[Hashable, ...], np.ndarray]], Meta]:
+) -> tuple[Variables, Meta]:
     """Split a result into named (dims, ndarray) pairs and its metadata.
 
     Non-spatial coords of a labeled result are kept in the metadata; spatial
@@ -172,3 +175,100 @@ def spatial_check(
         raise ResultError(
             f"{what}{label} has spatial sizes {wrong}, expected {dict(expected)} (the patch's size)"
         )
+
+
+class ResultSpec:
+    """The layout of results, fixed by the first one: variables, dims, sizes and dtypes.
+
+    A later result that differs is a :class:`~xpatch.errors.ResultError` naming the
+    window. Results may give their dims in any order; the output takes the first's.
+
+    Parameters
+    ----------
+    spatial : tuple of hashable
+        The grid's dims.
+    variables : Variables
+        The first result, split.
+    meta : Meta
+        Its labels.
+    """
+
+    def __init__(self, spatial: tuple[Hashable, ...], variables: Variables, meta: Meta) -> None:
+        self.spatial = spatial
+        self.meta = meta
+        self.dims: dict[Hashable, tuple[Hashable, ...]] = {}
+        self.other: dict[Hashable, dict[Hashable, int]] = {}
+        self.dtype: dict[Hashable, np.dtype] = {}
+        self.axes: dict[Hashable, list[int]] = {}  # where the spatial dims are, grid order
+        self.plain: dict[Hashable, bool] = {}  # holds the spatial dims only, in grid order
+        for name, (dims, data) in variables.items():
+            self.dims[name] = dims
+            self.other[name] = {d: n for d, n in zip(dims, data.shape) if d not in spatial}
+            self.dtype[name] = data.dtype
+            self.axes[name] = [dims.index(d) for d in spatial]
+            self.plain[name] = tuple(dims) == tuple(spatial)
+        self._shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def check(self, variables: Variables, what: Any) -> None:
+        """Raise unless ``variables`` have this layout (spatial sizes are checked apart)."""
+        if set(variables) != set(self.dims):
+            raise ResultError(
+                f"{what} has variables {sorted(map(str, variables))}, earlier results had"
+                f" {sorted(map(str, self.dims))}"
+            )
+        for name, (dims, data) in variables.items():
+            other = self.other[name]
+            if dims == self.dims[name] and all(
+                data.shape[k] == other[d] for k, d in enumerate(dims) if d in other
+            ):
+                continue
+            found = {d: n for d, n in zip(dims, data.shape) if d not in self.spatial}
+            if set(dims) != set(self.dims[name]) or found != other:
+                raise ResultError(
+                    f"{what} has dims {dict(zip(dims, data.shape))}; earlier results had"
+                    f" non-spatial dims {other}"
+                )
+
+    def shape(self, name: Hashable, extent: Mapping[Hashable, int]) -> tuple[int, ...]:
+        """The shape of variable ``name`` over a spatial ``extent`` (dim -> length)."""
+        other = self.other[name]
+        return tuple(extent[d] if d in extent else other[d] for d in self.dims[name])
+
+    def single_shape(self, window_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of a single-variable result for windows of ``window_shape`` (cached)."""
+        shape = self._shapes.get(window_shape)
+        if shape is None:
+            (name,) = self.dims
+            shape = self._shapes[window_shape] = self.shape(
+                name, dict(zip(self.spatial, window_shape))
+            )
+        return shape
+
+
+def padded_coordinate(values: np.ndarray, before: int, after: int) -> np.ndarray:
+    """A 1-D coordinate extended by ``before``/``after`` elements.
+
+    Numeric and datetime coordinates are extrapolated linearly with the spacing
+    of their first (last) two values; other coordinates repeat their edge value.
+
+    Examples
+    --------
+    >>> padded_coordinate(np.array([10.0, 10.5, 11.0]), 2, 1)
+    array([ 9. ,  9.5, 10. , 10.5, 11. , 11.5])
+    """
+    values = np.asarray(values)
+    if before == 0 and after == 0:
+        return values
+    if values.dtype.kind == "u":
+        values = values.astype(np.int64)
+    if values.dtype.kind in "ifmM":
+        if len(values) >= 2:
+            lo, hi = values[1] - values[0], values[-1] - values[-2]
+        elif values.dtype.kind in "if":
+            lo = hi = values.dtype.type(1)
+        else:
+            return np.pad(values, (before, after), mode="edge")
+        head = values[0] - lo * np.arange(before, 0, -1)
+        tail = values[-1] + hi * np.arange(1, after + 1)
+        return np.concatenate([head, values, tail]).astype(values.dtype, copy=False)
+    return np.pad(values, (before, after), mode="edge")

@@ -1,7 +1,7 @@
-"""The ``.patch`` accessor on DataArray and Dataset: dim names in, work delegated.
+"""The ``.patch`` accessor on DataArray and Dataset: each method delegates to :mod:`xpatch.api`.
 
-One implementation serves both types. Each method turns names into a
-:class:`~xpatch.grid.PatchGrid` and hands the work to the module that owns it.
+One implementation serves both types; every method is one call of the function of
+the same name in :mod:`xpatch.api`, with the accessor's object first.
 """
 
 from __future__ import annotations
@@ -11,45 +11,15 @@ from typing import Any
 
 import xarray as xr
 
-from xpatch import _apply
-from xpatch._chunks import _DEFAULT
-from xpatch._sampling import Sampler, spatial_subset
+from xpatch import api
+from xpatch._dtypes import DEFAULT
 from xpatch._types import Border, PadMode
-from xpatch._validate import check_dims
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
-from xpatch.errors import DimensionError, GridError
 from xpatch.grid import PatchGrid
 from xpatch.weights import WeightsLike
 
 Obj = xr.DataArray | xr.Dataset
-
-
-def make_grid(
-    obj: Obj,
-    size: Mapping[Hashable, int] | None,
-    size_kwargs: Mapping[Hashable, int],
-    step: int | Mapping[Hashable, int] | None,
-    border: Border,
-    pad_mode: PadMode | None,
-) -> PatchGrid:
-    """Build the grid over the named dims of ``obj`` (in the array's dim order)."""
-    if size is not None and size_kwargs:
-        raise GridError("give the patch size either as a mapping or as keyword arguments, not both")
-    sizes = dict(size if size is not None else size_kwargs)
-    if size is not None and not isinstance(size, Mapping):
-        raise GridError(f"size must be a mapping dim -> int (or keyword arguments), got {size!r}")
-    if not sizes:
-        raise GridError("give the patch size of at least one spatial dim, e.g. y=256, x=256")
-    check_dims(sizes, obj.dims, "size")
-    dims = [d for d in obj.dims if d in sizes]
-    if isinstance(obj, xr.Dataset) and not any(
-        set(dims) <= set(v.dims) for v in obj.data_vars.values()
-    ):
-        raise DimensionError(f"no data variable of the Dataset has all the spatial dims {dims}")
-    return PatchGrid(
-        {d: obj.sizes[d] for d in dims}, {d: sizes[d] for d in dims}, step, border, pad_mode
-    )
 
 
 @xr.register_dataset_accessor("patch")
@@ -117,7 +87,7 @@ class PatchAccessor:
         >>> da.patch.grid(y=30, step=20).starts["y"]
         array([ 0, 18, 36, 54, 70])
         """
-        return make_grid(self._obj, size, size_kwargs, step, border, pad_mode)
+        return api.grid(self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
 
     def sample(
         self,
@@ -151,9 +121,9 @@ class PatchAccessor:
         >>> [p.x.values.tolist() for p in da.patch.sample(x=4, step=2)]
         [[0, 10, 20, 30], [20, 30, 40, 50]]
         """
-        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
-        sampler = Sampler(spatial_subset(self._obj, grid.dims), grid)
-        return (sampler(w) for w in grid)
+        return api.sample(
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs
+        )
 
     def dataset(
         self,
@@ -185,8 +155,9 @@ class PatchAccessor:
         >>> len(ds), ds[3][0].shape, ds[3][1]
         (4, (2, 32, 32), 3)
         """
-        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
-        return PatchDataset(spatial_subset(self._obj, grid.dims), grid)
+        return api.dataset(
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs
+        )
 
     def apply(
         self,
@@ -203,7 +174,7 @@ class PatchAccessor:
         output_dims: Sequence[Hashable] | None = None,
         chunks: int | Mapping[Hashable, int] | None = None,
         on_chunk: Callable[[Any], Any] | None = None,
-        fill_value: Any = _DEFAULT,
+        fill_value: Any = DEFAULT,
         out: Any = None,
         resume: bool = False,
         progress: bool = False,
@@ -273,23 +244,12 @@ class PatchAccessor:
         >>> bool(np.allclose(out, da.mean("band")))
         True
         """
-        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
-        obj = spatial_subset(self._obj, grid.dims)
-        return _apply.dispatch(
-            obj,
-            func,
-            grid,
-            weights=weights,
-            batch_size=batch_size,
-            batch_dim=batch_dim,
-            output_dims=output_dims,
-            chunks=chunks,
-            on_chunk=on_chunk,
-            fill_value=fill_value,
-            out=out,
-            resume=resume,
-            progress=progress,
-        )
+        return api.apply(
+            self._obj, func, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
+            batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
+            on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
+            **size_kwargs,
+        )  # fmt: skip
 
     def aggregator(
         self,
@@ -302,7 +262,7 @@ class PatchAccessor:
         weights: WeightsLike = "gaussian",
         chunks: int | Mapping[Hashable, int] | None = None,
         on_chunk: Callable[[Any], Any] | None = None,
-        fill_value: Any = _DEFAULT,
+        fill_value: Any = DEFAULT,
         output_dims: Sequence[Hashable] | None = None,
         out: Any = None,
         **size_kwargs: int,
@@ -333,15 +293,8 @@ class PatchAccessor:
         >>> float(agg.result().mean())
         2.0
         """
-        grid = self.grid(size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
-        obj = spatial_subset(self._obj, grid.dims)
-        return _apply.make_aggregator(
-            obj,
-            grid,
-            weights=weights,
-            chunks=chunks,
-            on_chunk=on_chunk,
-            fill_value=fill_value,
-            output_dims=output_dims,
-            out=out,
-        )
+        return api.aggregator(
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
+            chunks=chunks, on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
+            out=out, **size_kwargs,
+        )  # fmt: skip

@@ -14,14 +14,18 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Hashable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from xpatch import _apply
+from xpatch._options import ApplyOptions
 from xpatch._structure import THIS, Meta, assemble
 from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
+from xpatch.layout import chunk_sizes
 
 RECORD = "xpatch"
 
@@ -309,24 +313,25 @@ def apply_to_store(
     obj: xr.DataArray | xr.Dataset,
     func: Callable[[Any], Any],
     grid: PatchGrid,
-    *,
-    out: Any,
-    resume: bool,
-    **kwargs: Any,
+    options: ApplyOptions,
 ) -> xr.DataArray | xr.Dataset:
-    """``apply`` writing finished chunks to ``out``; resumable."""
-    from xpatch import _apply
-    from xpatch._chunks import chunk_sizes
-
-    if kwargs["chunks"] is None and _is_zarr_array(out):
-        kwargs["chunks"] = _array_chunks(out, grid)
-    weights = kwargs["weights"]
+    """``apply`` writing finished chunks to ``options.out``; resumable."""
+    blend = options.blend
+    if blend.chunks is None and _is_zarr_array(options.out):
+        blend = replace(blend, chunks=_array_chunks(options.out, grid))
+        options = replace(options, blend=blend)
+    weights = blend.weights
     config = {
         "func": _describe(func),
-        "on_chunk": _describe(kwargs["on_chunk"]),
+        "on_chunk": _describe(blend.on_chunk),
         "weights": weights if isinstance(weights, str) else repr(weights),
     }
     sink = ZarrSink(
-        out, obj, grid, chunk_sizes(kwargs["chunks"], grid), resume=resume, config=config
+        options.out,
+        obj,
+        grid,
+        chunk_sizes(blend.chunks, grid),
+        resume=options.resume,
+        config=config,
     )
-    return _apply.apply(obj, func, grid, sink=sink, **kwargs)
+    return _apply.apply(obj, func, grid, options, sink)

@@ -1,0 +1,159 @@
+"""The options of ``apply`` and ``aggregator``, defined and validated once.
+
+The accessor's keyword arguments arrive here and leave as one frozen object that
+every internal layer receives whole (in the spirit of flox's ``ReindexStrategy``):
+no layer re-spells them, and each is checked before any work starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from xpatch._dtypes import DEFAULT
+from xpatch._validate import positive_int
+from xpatch.errors import DimensionError, PatchError
+from xpatch.weights import WeightsLike
+
+__all__ = ["ApplyOptions", "BlendOptions"]
+
+Chunks = int | Mapping[Hashable, Any] | None
+
+
+@dataclass(frozen=True)
+class BlendOptions:
+    """How results are blended into the output (``aggregator`` and ``apply`` alike).
+
+    Parameters
+    ----------
+    weights : str, Kernel, array-like or callable, default: "gaussian"
+    chunks : int or mapping, optional
+    on_chunk : callable, optional
+    fill_value : scalar, optional
+    output_dims : sequence of hashable, optional
+        Dims of a bare-array result for one window.
+
+    Examples
+    --------
+    >>> BlendOptions(weights="mean", chunks=64).chunks
+    64
+    >>> BlendOptions(on_chunk=3)
+    Traceback (most recent call last):
+    ...
+    TypeError: on_chunk must be callable, got int
+    """
+
+    weights: WeightsLike = "gaussian"
+    chunks: Chunks = None
+    on_chunk: Callable[[Any], Any] | None = None
+    fill_value: Any = DEFAULT
+    output_dims: tuple[Hashable, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.on_chunk is not None and not callable(self.on_chunk):
+            raise TypeError(f"on_chunk must be callable, got {type(self.on_chunk).__name__}")
+        if self.fill_value is not DEFAULT:
+            value = np.asarray(self.fill_value)
+            if value.ndim != 0 or value.dtype.kind not in "biufc":
+                raise PatchError(f"fill_value must be a number (or NaN), got {self.fill_value!r}")
+        if self.output_dims is not None:
+            object.__setattr__(self, "output_dims", tuple(self.output_dims))
+
+    def check_spatial(self, dims: Sequence[Hashable]) -> None:
+        """``output_dims`` must hold every spatial dim."""
+        if self.output_dims is not None:
+            missing = [d for d in dims if d not in self.output_dims]
+            if missing:
+                raise DimensionError(
+                    f"output_dims {self.output_dims} lacks the spatial dims {missing}"
+                )
+
+
+@dataclass(frozen=True)
+class ApplyOptions:
+    """Everything ``apply`` is asked to do besides the grid, validated once.
+
+    Built by :meth:`make` where the accessor's arguments arrive, then passed down
+    whole to the eager driver, the dask graph builder and the store.
+
+    Attributes
+    ----------
+    blend : BlendOptions
+        How results are blended; its ``output_dims`` are one window's.
+    batch_size : int or None
+    batch_dim : hashable
+    batch_output_dims : tuple of hashable or None
+        With ``batch_size``: the dims of a bare-array batched result, ``batch_dim``
+        where the user put it.
+    out, resume, progress
+        As given to ``apply``.
+    """
+
+    blend: BlendOptions = field(default_factory=BlendOptions)
+    batch_size: int | None = None
+    batch_dim: Hashable = "patch"
+    batch_output_dims: tuple[Hashable, ...] | None = None
+    out: Any = None
+    resume: bool = False
+    progress: bool = False
+
+    @classmethod
+    def make(
+        cls,
+        source_dims: Sequence[Hashable],
+        func: Any,
+        *,
+        weights: WeightsLike,
+        batch_size: Any,
+        batch_dim: Hashable,
+        output_dims: Sequence[Hashable] | None,
+        chunks: Chunks,
+        on_chunk: Callable[[Any], Any] | None,
+        fill_value: Any,
+        out: Any,
+        resume: bool,
+        progress: bool,
+    ) -> ApplyOptions:
+        """Validate the arguments of ``apply`` for a source with ``source_dims``.
+
+        Examples
+        --------
+        >>> opts = ApplyOptions.make(("y", "x"), abs, weights="mean", batch_size=4,
+        ...     batch_dim="patch", output_dims=("patch", "y", "x"), chunks=None,
+        ...     on_chunk=None, fill_value=DEFAULT, out=None, resume=False, progress=False)
+        >>> opts.blend.output_dims, opts.batch_output_dims
+        (('y', 'x'), ('patch', 'y', 'x'))
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {type(func).__name__}")
+        if batch_size is not None:
+            batch_size = positive_int(batch_size, "batch_size")
+            if batch_dim in source_dims:
+                raise DimensionError(
+                    f"batch_dim {batch_dim!r} is already a dim of the array {tuple(source_dims)};"
+                    " choose another name"
+                )
+        if out is None and resume:
+            raise PatchError("resume=True needs out=, the zarr store of the interrupted run")
+        batched = None
+        if output_dims is not None:
+            output_dims = tuple(output_dims)
+            if batch_size is not None:
+                if batch_dim not in output_dims:
+                    raise DimensionError(
+                        f"output_dims {output_dims} must name the batch dim {batch_dim!r} when"
+                        " batch_size is given"
+                    )
+                batched = output_dims
+                output_dims = tuple(d for d in output_dims if d != batch_dim)
+        blend = BlendOptions(
+            weights=weights,
+            chunks=chunks,
+            on_chunk=on_chunk,
+            fill_value=fill_value,
+            output_dims=output_dims,
+        )
+        return cls(blend, batch_size, batch_dim, batched, out, resume, progress)

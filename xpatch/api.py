@@ -1,0 +1,213 @@
+"""The functional layer: what the ``.patch`` accessor does, as plain functions.
+
+``xpatch.api.apply(obj, func, ...)`` is ``obj.patch.apply(func, ...)``, and so on for
+every accessor method: the accessor delegates here in one line. This is where the
+accessor's arguments arrive: the grid is planned, the options are validated once
+(:class:`~xpatch._options.ApplyOptions`) and the work goes to the module that owns
+it: the eager driver, the dask graph builder or the zarr store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import Any
+
+import xarray as xr
+
+from xpatch import _apply, parallel, store
+from xpatch._dtypes import DEFAULT
+from xpatch._options import ApplyOptions, BlendOptions
+from xpatch._sampling import Sampler, spatial_subset
+from xpatch._types import Border, PadMode
+from xpatch._validate import check_dims
+from xpatch.aggregate import Aggregator, BlendPlan
+from xpatch.dataset import PatchDataset
+from xpatch.errors import DimensionError, GridError
+from xpatch.grid import PatchGrid
+from xpatch.layout import chunk_sizes
+from xpatch.weights import WeightsLike
+
+__all__ = ["aggregator", "apply", "dataset", "grid", "sample"]
+
+Obj = xr.DataArray | xr.Dataset
+
+
+def grid(
+    obj: Obj,
+    size: Mapping[Hashable, int] | None = None,
+    /,
+    *,
+    step: int | Mapping[Hashable, int] | None = None,
+    border: Border = "squeeze",
+    pad_mode: PadMode | None = None,
+    **size_kwargs: int,
+) -> PatchGrid:
+    """The grid of patches over the named dims of ``obj`` (``obj.patch.grid``).
+
+    Spatial dims are ordered as in ``obj``, whatever the order of the sizes.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.zeros((100, 7)), dims=("y", "x"))
+    >>> grid(da, y=30, step=20).starts["y"]
+    array([ 0, 18, 36, 54, 70])
+    """
+    if size is not None and size_kwargs:
+        raise GridError("give the patch size either as a mapping or as keyword arguments, not both")
+    if size is not None and not isinstance(size, Mapping):
+        raise GridError(f"size must be a mapping dim -> int (or keyword arguments), got {size!r}")
+    sizes = dict(size if size is not None else size_kwargs)
+    if not sizes:
+        raise GridError("give the patch size of at least one spatial dim, e.g. y=256, x=256")
+    check_dims(sizes, obj.dims, "size")
+    dims = [d for d in obj.dims if d in sizes]
+    if isinstance(obj, xr.Dataset) and not any(
+        set(dims) <= set(v.dims) for v in obj.data_vars.values()
+    ):
+        raise DimensionError(f"no data variable of the Dataset has all the spatial dims {dims}")
+    return PatchGrid(
+        {d: obj.sizes[d] for d in dims}, {d: sizes[d] for d in dims}, step, border, pad_mode
+    )
+
+
+def sample(
+    obj: Obj,
+    size: Mapping[Hashable, int] | None = None,
+    /,
+    *,
+    step: int | Mapping[Hashable, int] | None = None,
+    border: Border = "squeeze",
+    pad_mode: PadMode | None = None,
+    **size_kwargs: int,
+) -> Iterator[Obj]:
+    """Each patch of ``obj`` as a labeled object, in grid order (``obj.patch.sample``).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.arange(6), dims="x", coords={"x": np.arange(6) * 10})
+    >>> [p.x.values.tolist() for p in sample(da, x=4, step=2)]
+    [[0, 10, 20, 30], [20, 30, 40, 50]]
+    """
+    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    sampler = Sampler(spatial_subset(obj, g.dims), g)
+    return (sampler(w) for w in g)
+
+
+def dataset(
+    obj: Obj,
+    size: Mapping[Hashable, int] | None = None,
+    /,
+    *,
+    step: int | Mapping[Hashable, int] | None = None,
+    border: Border = "squeeze",
+    pad_mode: PadMode | None = None,
+    **size_kwargs: int,
+) -> PatchDataset:
+    """A map-style dataset of the patches of ``obj`` (``obj.patch.dataset``).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> ds = dataset(xr.DataArray(np.zeros((2, 64, 64)), dims=("band", "y", "x")), y=32, x=32)
+    >>> len(ds), ds[3][0].shape
+    (4, (2, 32, 32))
+    """
+    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    return PatchDataset(spatial_subset(obj, g.dims), g)
+
+
+def apply(
+    obj: Obj,
+    func: Callable[[Any], Any],
+    size: Mapping[Hashable, int] | None = None,
+    /,
+    *,
+    step: int | Mapping[Hashable, int] | None = None,
+    border: Border = "squeeze",
+    pad_mode: PadMode | None = None,
+    weights: WeightsLike = "gaussian",
+    batch_size: int | None = None,
+    batch_dim: Hashable = "patch",
+    output_dims: Sequence[Hashable] | None = None,
+    chunks: int | Mapping[Hashable, int] | None = None,
+    on_chunk: Callable[[Any], Any] | None = None,
+    fill_value: Any = DEFAULT,
+    out: Any = None,
+    resume: bool = False,
+    progress: bool = False,
+    **size_kwargs: int,
+) -> Obj:
+    """Run ``func`` on every patch of ``obj`` and blend the results (``obj.patch.apply``).
+
+    The eager path runs at once; a dask-backed ``obj`` gives a lazy result; ``out``
+    writes to a zarr store (resumable). Every argument is checked before ``func``
+    is first called.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.random.rand(3, 64, 64), dims=("band", "y", "x"))
+    >>> out = apply(da, lambda p: p.mean("band"), y=32, x=32, step=16)
+    >>> bool(np.allclose(out, da.mean("band")))
+    True
+    """
+    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    obj = spatial_subset(obj, g.dims)
+    options = ApplyOptions.make(
+        tuple(obj.dims),
+        func,
+        weights=weights,
+        batch_size=batch_size,
+        batch_dim=batch_dim,
+        output_dims=output_dims,
+        chunks=chunks,
+        on_chunk=on_chunk,
+        fill_value=fill_value,
+        out=out,
+        resume=resume,
+        progress=progress,
+    )
+    if options.out is not None:
+        return store.apply_to_store(obj, func, g, options)
+    if parallel.is_dask_backed(obj):
+        return parallel.apply_lazy(obj, func, g, options)
+    return _apply.apply(obj, func, g, options)
+
+
+def aggregator(
+    obj: Obj,
+    size: Mapping[Hashable, int] | None = None,
+    /,
+    *,
+    step: int | Mapping[Hashable, int] | None = None,
+    border: Border = "squeeze",
+    pad_mode: PadMode | None = None,
+    weights: WeightsLike = "gaussian",
+    chunks: int | Mapping[Hashable, int] | None = None,
+    on_chunk: Callable[[Any], Any] | None = None,
+    fill_value: Any = DEFAULT,
+    output_dims: Sequence[Hashable] | None = None,
+    out: Any = None,
+    **size_kwargs: int,
+) -> Aggregator:
+    """An :class:`~xpatch.Aggregator` over the grid of ``obj`` (``obj.patch.aggregator``).
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.ones(8), dims="x")
+    >>> agg = aggregator(da, x=4, weights="mean")
+    >>> for window, patch in zip(agg.grid, sample(da, x=4)):
+    ...     agg.add(patch * 2, window)
+    >>> agg.result().values.tolist()
+    [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
+    """
+    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    obj = spatial_subset(obj, g.dims)
+    options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims)  # type: ignore[arg-type]
+    sink = None
+    if out is not None:
+        sink = store.ZarrSink(out, obj, g, chunk_sizes(chunks, g), resume=False)
+    return Aggregator.from_plan(BlendPlan.make(g, options), obj, sink)

@@ -1,0 +1,238 @@
+"""The chunk plan: which chunks of the output each window touches, and in what order.
+
+Pure geometry, like :mod:`xpatch.grid` (numpy only, no xarray, no dask). A
+:class:`ChunkLayout` is built once from a grid and the ``chunks`` argument,
+before anything is sampled, and every path reads it: the eager driver (the order
+of windows), the aggregator (how many windows a chunk still waits for), the dask
+graph builder (which windows feed which output block) and the zarr store (which
+chunks an interrupted run finished). Nobody asks the aggregator for geometry.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from xpatch._validate import is_int, positive_int
+from xpatch.errors import DimensionError, GridError
+from xpatch.grid import PatchGrid
+
+__all__ = ["ChunkLayout", "chunk_edges", "chunk_sizes"]
+
+Chunks = int | Mapping[Hashable, Any] | None
+ChunkPosition = tuple[int, ...]
+
+
+def chunk_sizes(
+    chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
+) -> dict[Hashable, int]:
+    """One positive chunk length per spatial dim (at most the dim's length).
+
+    Examples
+    --------
+    >>> grid = PatchGrid({"y": 10, "x": 7}, {"y": 4, "x": 4})
+    >>> chunk_sizes({"y": 5}, grid)
+    {'y': 5, 'x': 7}
+    >>> chunk_sizes(100, grid)
+    {'y': 10, 'x': 7}
+    """
+    if chunks is None:
+        return dict(grid.lengths)
+    if isinstance(chunks, Mapping):
+        unknown = [d for d in chunks if d not in grid.dims]
+        if unknown:
+            raise DimensionError(
+                f"chunks: dims {unknown} are not spatial dims; the spatial dims are {grid.dims}"
+            )
+        raw = {d: chunks.get(d, grid.lengths[d]) for d in grid.dims}
+    elif is_int(chunks):
+        raw = dict.fromkeys(grid.dims, chunks)
+    else:
+        raise GridError(f"chunks must be an int or a mapping dim -> int, got {chunks!r}")
+    # a chunk may be smaller than the patch (a patch then feeds several chunks):
+    # with patches large next to the array, only small chunks bound the memory
+    return {d: min(positive_int(raw[d], "chunks", d), grid.lengths[d]) for d in grid.dims}
+
+
+def chunk_edges(chunks: Chunks, grid: PatchGrid) -> dict[Hashable, np.ndarray]:
+    """Chunk boundaries per spatial dim.
+
+    ``chunks`` is an int, a mapping dim -> int (regular chunks from 0), or a
+    mapping dim -> tuple of ints (explicit chunk lengths, as dask gives them).
+
+    Examples
+    --------
+    >>> grid = PatchGrid({"x": 10}, {"x": 4})
+    >>> chunk_edges(4, grid)["x"]
+    array([ 0,  4,  8, 10])
+    >>> chunk_edges({"x": (3, 7)}, grid)["x"]
+    array([ 0,  3, 10])
+    """
+    if isinstance(chunks, Mapping) and any(isinstance(v, tuple) for v in chunks.values()):
+        out = {}
+        for d in grid.dims:
+            value = chunks.get(d, grid.lengths[d])
+            if not isinstance(value, tuple):
+                value = chunk_sizes({d: value}, grid)[d]
+                out[d] = np.append(np.arange(0, grid.lengths[d], value), grid.lengths[d])
+                continue
+            if sum(value) != grid.lengths[d]:
+                raise GridError(
+                    f"chunks for dim {d!r} sum to {sum(value)}, not the dim's length"
+                    f" {grid.lengths[d]}"
+                )
+            out[d] = np.concatenate([[0], np.cumsum(value)]).astype(np.int64)
+        return out
+    sizes = chunk_sizes(chunks, grid)
+    return {
+        d: np.append(np.arange(0, grid.lengths[d], c), grid.lengths[d]) for d, c in sizes.items()
+    }
+
+
+class ChunkLayout:
+    """How the output is cut into chunks, and which windows touch each chunk.
+
+    Parameters
+    ----------
+    grid : PatchGrid
+        The windows.
+    chunks : int, mapping of hashable to int or to tuple of int, optional
+        Chunk lengths per spatial dim (see :func:`chunk_edges`); default one chunk.
+
+    Attributes
+    ----------
+    grid : PatchGrid
+    edges : list of ndarray
+        Chunk boundaries along each spatial dim, in the grid's dim order.
+    shape : tuple of int
+        Number of chunks along each spatial dim.
+
+    Examples
+    --------
+    >>> grid = PatchGrid({"y": 8, "x": 8}, {"y": 4, "x": 4}, step=2)
+    >>> layout = ChunkLayout(grid, 4)
+    >>> layout.shape
+    (2, 2)
+    >>> layout.waiting().tolist()  # windows each chunk waits for
+    [[4, 4], [4, 4]]
+    >>> layout.region((1, 0))
+    {'y': slice(4, 8, None), 'x': slice(0, 4, None)}
+    >>> [w.index for w in layout.windows_touching((0, 0))]
+    [0, 1, 3, 4]
+    """
+
+    def __init__(self, grid: PatchGrid, chunks: Chunks = None) -> None:
+        self.grid = grid
+        by_dim = chunk_edges(chunks, grid)
+        self.edges = [by_dim[d] for d in grid.dims]
+        self.shape: ChunkPosition = tuple(len(e) - 1 for e in self.edges)
+        # per axis and window position: the first chunk touched and the one past the last
+        self._first: list[np.ndarray] = []
+        self._stop: list[np.ndarray] = []
+        for ax, edges in zip(grid.axes, self.edges):
+            lo = np.clip(ax.starts, 0, ax.length)
+            hi = np.clip(ax.stops, 0, ax.length)
+            self._first.append(np.searchsorted(edges, lo, side="right") - 1)
+            self._stop.append(np.searchsorted(edges, hi, side="left"))
+        # plain-int copies for the per-window hot path
+        self._first_int = [f.tolist() for f in self._first]
+        self._stop_int = [s.tolist() for s in self._stop]
+
+    @property
+    def single(self) -> bool:
+        """True if the output is one chunk (every window touches chunk ``(0, ..., 0)``)."""
+        return all(n == 1 for n in self.shape)
+
+    @property
+    def size(self) -> int:
+        """Number of chunks."""
+        return int(np.prod(self.shape))
+
+    def chunks(self) -> Iterator[ChunkPosition]:
+        """Every chunk position, row-major."""
+        return iter(np.ndindex(*self.shape))
+
+    def waiting(self) -> np.ndarray:
+        """Per chunk, how many windows touch it (what a chunk waits for before it is done)."""
+        counts = np.ones((), dtype=np.int64)
+        for first, stop, n in zip(self._first, self._stop, self.shape):
+            diff = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(diff, first, 1)
+            np.add.at(diff, stop, -1)
+            counts = np.multiply.outer(counts, np.cumsum(diff[:-1]))
+        return counts
+
+    def touched(self, position: tuple[int, ...]) -> Iterator[ChunkPosition]:
+        """The chunks the window at grid ``position`` touches."""
+        ranges = [
+            range(first[p], stop[p])
+            for first, stop, p in zip(self._first_int, self._stop_int, position)
+        ]
+        return itertools.product(*ranges)
+
+    def order(self) -> np.ndarray:
+        """Window indices ordered so that chunks finish as early as possible.
+
+        Windows are sorted by the first chunk they touch (row-major), then by grid
+        order: every chunk is finished once the windows of its group are in.
+        """
+        key = np.zeros((), dtype=np.int64)
+        for first, n in zip(self._first, self.shape):
+            key = np.add.outer(key * n, first)
+        return np.argsort(key.ravel(), kind="stable")
+
+    def region(self, cpos: ChunkPosition) -> dict[Hashable, slice]:
+        """The index-space region of chunk ``cpos``, per spatial dim."""
+        return {
+            d: slice(int(e[c]), int(e[c + 1])) for d, e, c in zip(self.grid.dims, self.edges, cpos)
+        }
+
+    def chunk_shape(self, cpos: ChunkPosition) -> tuple[int, ...]:
+        """The spatial shape of chunk ``cpos``."""
+        return tuple(int(e[c + 1] - e[c]) for e, c in zip(self.edges, cpos))
+
+    def positions_touching(self, cpos: ChunkPosition) -> list[range]:
+        """Per axis, the range of window positions that overlap chunk ``cpos``."""
+        ranges = []
+        for ax, edges, c in zip(self.grid.axes, self.edges, cpos):
+            first, last = ax.touching(np.array([edges[c]]), np.array([edges[c + 1]]))
+            ranges.append(range(int(first[0]), int(last[0])))
+        return ranges
+
+    def windows_touching(self, cpos: ChunkPosition) -> list[Any]:
+        """Every window of the grid that overlaps chunk ``cpos``, in grid order."""
+        grid = self.grid
+        return [grid[grid.index_of(p)] for p in itertools.product(*self.positions_touching(cpos))]
+
+    def skipped(self, done: np.ndarray) -> np.ndarray:
+        """Mask of windows that touch only chunks flagged in ``done`` (resume).
+
+        Such windows need not be computed. Windows that also touch an unfinished
+        chunk must still be added; they contribute to the unfinished chunks only.
+
+        Examples
+        --------
+        >>> layout = ChunkLayout(PatchGrid({"x": 8}, {"x": 4}, step=2), 4)
+        >>> layout.skipped(np.array([True, False])).tolist()
+        [True, False, False]
+        """
+        done = np.asarray(done, dtype=bool).reshape(self.shape)
+        # a window is skipped if every chunk in its box is done: count the unfinished
+        # chunks in each box with an N-D prefix sum of the "not done" flags
+        total = np.pad((~done).astype(np.int64), [(1, 0)] * done.ndim)
+        for axis in range(done.ndim):
+            total = np.cumsum(total, axis=axis)
+        lo = np.meshgrid(*self._first, indexing="ij")
+        hi = np.meshgrid(*self._stop, indexing="ij")
+        count = np.zeros(lo[0].shape, dtype=np.int64) if lo else np.zeros((), np.int64)
+        for corner in itertools.product((0, 1), repeat=done.ndim):
+            index = tuple(b if c else a for c, a, b in zip(corner, lo, hi))
+            sign = (-1) ** (done.ndim - sum(corner))
+            count += sign * total[index]
+        return (count == 0).ravel()
+
+    def __repr__(self) -> str:
+        return f"<ChunkLayout {self.size} chunks {self.shape} over dims {self.grid.dims}>"
