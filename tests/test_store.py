@@ -3,7 +3,7 @@
 Everything runs for real: real zarr stores in ``tmp_path``, real functions that
 count their own calls, and a real interrupted run (a subprocess killed with
 SIGKILL while it writes) that is then resumed. Nothing inside xpatch is mocked;
-only ``Aggregator._buffers`` is read, to bound the memory a chunked loop holds.
+only ``Aggregator._acc.buffers`` is read, to bound the memory a chunked loop holds.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def test_hand_written_loop_holds_at_most_a_row_of_chunks():
     for k, i in enumerate(order):
         window = agg.grid[int(i)]
         agg.add(nonlinear(da[window]), window)
-        most = max(most, len(agg._buffers))
+        most = max(most, len(agg._acc.buffers))
         if k == len(order) // 2:
             assert len(finished) >= (n_rows * n_cols) // 3  # chunks are released as we go
     assert most <= n_cols + 2

@@ -10,10 +10,11 @@ import numpy as np
 import xarray as xr
 
 from xpatch._options import ApplyOptions
+from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._sinks import Sink
 from xpatch._structure import THIS, Meta, split
-from xpatch.aggregate import Aggregator, BlendPlan
+from xpatch.aggregate import Aggregator
 from xpatch.errors import ResultError
 from xpatch.grid import PatchGrid, Window
 

@@ -19,21 +19,20 @@ How a result reaches the buffers:
 
 from __future__ import annotations
 
-import itertools
-from array import array
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from xpatch._accumulate import Accumulator
 from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, sole_owner
-from xpatch._dtypes import DEFAULT, accumulation_dtype, blended_dtype, default_fill, fill
-from xpatch._gather import Gathering, add_batch_at_once, colours
-from xpatch._normalise import SeparableWeights, place
+from xpatch._dtypes import DEFAULT
+from xpatch._finish import ChunkFinisher
+from xpatch._gather import Gathering
+from xpatch._locate import Locator
 from xpatch._options import BlendOptions
-from xpatch._placement import Placement
+from xpatch._plan import BlendPlan
 from xpatch._sinks import MemorySink, Sink
 from xpatch._structure import (
     THIS,
@@ -41,78 +40,16 @@ from xpatch._structure import (
     ResultSpec,
     Variables,
     What,
-    assemble,
-    padded_coordinate,
     spatial_check,
     split,
     to_numpy,
 )
 from xpatch.errors import AggregationError, IncompleteError
 from xpatch.grid import PatchGrid, Window
-from xpatch.layout import ChunkLayout, ChunkPosition
-from xpatch.weights import CustomWeights, Kernel, WeightsLike, resolve
+from xpatch.layout import ChunkPosition, Tally
+from xpatch.weights import WeightsLike
 
-__all__ = ["Aggregator", "BlendPlan"]
-
-
-@dataclass(frozen=True)
-class BlendPlan:
-    """Everything about blending that is known before the first result: pure data.
-
-    Built once per run and shared: the eager aggregator, and every dask block task
-    (which receives this plan, not an aggregator).
-    """
-
-    grid: PatchGrid
-    layout: ChunkLayout
-    kernel: Kernel | CustomWeights
-    weights: SeparableWeights
-    options: BlendOptions
-
-    @classmethod
-    def make(
-        cls, grid: PatchGrid, options: BlendOptions, layout: ChunkLayout | None = None
-    ) -> BlendPlan:
-        """Resolve the kernel, normalise it per axis and plan the chunks."""
-        options.check_spatial(grid.dims)
-        kernel = resolve(options.weights, grid.dims)
-        if isinstance(kernel, CustomWeights):  # validate every patch shape up front
-            for shape in itertools.product(*(np.unique(s) for s in grid.sizes.values())):
-                kernel(dict(zip(grid.dims, (int(n) for n in shape))))
-        layout = layout if layout is not None else ChunkLayout(grid, options.chunks)
-        return cls(grid, layout, kernel, SeparableWeights(grid, kernel), options)
-
-
-class _Tally:
-    """Which windows were added, how many each chunk still waits for, which are finished.
-
-    Plain buffers (bytearray, array) for the per-window hot path; numpy views of
-    them only through :meth:`added_mask` and :meth:`finished_mask`.
-    """
-
-    def __init__(self, n_windows: int, waiting: np.ndarray) -> None:
-        self.shape = waiting.shape
-        self.added = bytearray(n_windows)
-        self.n_added = 0
-        self.waiting = array("q", waiting.ravel().tolist())
-        self.finished = bytearray(waiting.size)
-        self._strides = [int(np.prod(self.shape[i + 1 :])) for i in range(len(self.shape))]
-
-    def flat(self, cpos: ChunkPosition) -> int:
-        """Flat index of chunk ``cpos``."""
-        return sum(c * s for c, s in zip(cpos, self._strides))
-
-    def added_mask(self) -> np.ndarray:
-        return np.frombuffer(self.added, dtype=bool)
-
-    def finished_mask(self) -> np.ndarray:
-        return np.frombuffer(self.finished, dtype=bool).reshape(self.shape)
-
-    def skip(self, windows: np.ndarray, chunks: np.ndarray) -> None:
-        """Count ``windows`` as added and ``chunks`` as finished elsewhere (resume)."""
-        self.added_mask()[...] |= windows
-        self.finished_mask()[...] |= chunks
-        self.n_added = int(self.added_mask().sum())
+__all__ = ["Aggregator"]
 
 
 class Aggregator:
@@ -220,25 +157,20 @@ class Aggregator:
         self.fill_value = plan.options.fill_value
         self._weights = plan.weights
         self._custom = not plan.weights.separable
-        self._placement = Placement(plan.layout, plan.weights)
         self._blend = Blender(threads)
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
         self._name = template.name if isinstance(template, xr.DataArray) else None
         self._default_dims = tuple(template.dims) if isinstance(template, xr.DataArray) else None
         self._template_source = template
-        self._chunk_template: xr.Dataset | None = None
+        self._locator: Locator | None = None
+        self._finisher = ChunkFinisher(plan, self._template, self._name)
         self._sink: Sink = (
             sink if sink is not None else MemorySink(grid.lengths, self._template, self._name)
         )
-        self._tally = _Tally(len(grid), plan.layout.waiting())
+        self._tally = Tally(len(grid), plan.layout.waiting())
         self._single: ChunkPosition | None = (0,) * len(self.dims) if plan.layout.single else None
         self._spec = spec
-        self._buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}
-        self._buffer_bytes = 0
-        self._weight_sums: dict[ChunkPosition, np.ndarray] = {}  # custom weights only
-        self._colour_counts: list[int] | None = None
-        self._out_meta: Meta | None = None
-        self._start_coords: dict[Hashable, np.ndarray | None] | None = None
+        self._acc = Accumulator(plan, self._blend, spec)
         # fast paths, chosen once the first result fixed the layout (see _choose_paths)
         self._lean: tuple[type, tuple[Hashable, ...]] | None = None
         self._single_plain = False
@@ -347,12 +279,12 @@ class Aggregator:
         self._uniform = self._spec.single_shape(tuple(int(ax.sizes[0]) for ax in self.grid.axes))  # type: ignore[union-attr]
         if self._single is None or self._custom:
             return
-        buf = self._buffers.get(self._single, {}).get(THIS)
+        buf = self._acc.buffers.get(self._single, {}).get(THIS)
         k = len(self.dims)
         if buf is None or self._spec.axes[THIS] != list(range(buf.ndim - k, buf.ndim)):  # type: ignore[union-attr]
             return
         self._gathering = Gathering.plan(
-            self.grid, self._weights, self._blend, buf, data, self._buffer_bytes
+            self.grid, self._weights, self._blend, buf, data, self._acc.buffer_bytes
         )
 
     def _mark(self, index: int, touched: Iterable[ChunkPosition]) -> None:
@@ -386,17 +318,8 @@ class Aggregator:
 
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
-        cpos = self._single
-        buf = self._buffers[cpos][THIS]  # type: ignore[index]
-        parts = self._placement.single_parts(window.position)
-        weights = self._placement.weight(THIS, parts, self._spec.axes[THIS], buf, self._budget())  # type: ignore[union-attr]
-        self._blend(
-            buf[tuple([pt[1] for pt in parts])],
-            data[tuple([pt[0] for pt in parts])],
-            weights,
-            background,
-        )
-        self._mark(window.index, (cpos,))  # type: ignore[arg-type]
+        self._acc.add_single(window.position, data, background)
+        self._mark(window.index, (self._single,))  # type: ignore[arg-type]
 
     def add_variables(
         self,
@@ -414,11 +337,11 @@ class Aggregator:
         what = What(window)
         spatial_check(variables, dict(zip(self.dims, window.shape)), what)
         if self._spec is None:
-            self._spec = ResultSpec(self.dims, variables, meta)
+            self._spec = self._acc.spec = ResultSpec(self.dims, variables, meta)
         else:
             self._spec.check(variables, what)
         if only is not None:
-            self._accumulate(window, variables, (only,))
+            self._acc.add(window, variables, (only,), self._tally)
             return
         self._add_checked(window, variables)
 
@@ -428,7 +351,7 @@ class Aggregator:
             if self._single is not None
             else list(self.layout.touched(window.position))
         )
-        self._accumulate(window, variables, touched, background)  # type: ignore[arg-type]
+        self._acc.add(window, variables, touched, self._tally, background)  # type: ignore[arg-type]
         self._mark(window.index, touched)  # type: ignore[arg-type]
 
     def add_batch(
@@ -475,95 +398,13 @@ class Aggregator:
         background: bool,
     ) -> bool:
         """The whole batch at once, if it qualifies (see :meth:`add_batch`)."""
-        spec = self._spec
         cpos = self._single
-        if cpos is None or self._custom or spec is None or dims != spec.dims[name]:
+        if cpos is None or self._tally.finished[0]:
             return False
-        buf = self._buffers.get(cpos, {}).get(name)
-        axes = spec.axes[name]
-        k = len(axes)
-        if buf is None or self._tally.finished[0] or axes != list(range(buf.ndim - k, buf.ndim)):
-            return False
-        if self._colour_counts is None:
-            self._colour_counts = [colours(ax.starts, ax.sizes) for ax in self.grid.axes]
-        added = add_batch_at_once(
-            windows,
-            data,
-            buf,
-            axes,
-            name=name,
-            weights=self._weights,
-            placement=self._placement,
-            budget=self._budget(),
-            colour_counts=self._colour_counts,
-            submit=lambda task: self._blend.submit(task, background),
-        )
+        added = self._acc.add_batch(windows, name, dims, data, background)
         if added:
             self._mark_many([w.index for w in windows], cpos)
         return added
-
-    def _budget(self) -> int:
-        """Bytes the cached weights may take: a few percent of the output."""
-        return self._buffer_bytes // 32
-
-    def _accumulate(
-        self,
-        window: Window,
-        variables: Variables,
-        touched: Sequence[ChunkPosition],
-        background: bool = False,
-    ) -> None:
-        """Add the weighted result to each chunk in ``touched`` that is not finished."""
-        spec = self._spec
-        assert spec is not None
-        custom_weight = self.kernel(dict(zip(self.dims, window.shape))) if self._custom else None
-        for cpos in touched:
-            if self._tally.finished[self._tally.flat(cpos)]:
-                continue
-            parts = self._placement.parts(window.position, cpos)
-            buffers = self._buffers.get(cpos)
-            if buffers is None:
-                buffers = self._buffers[cpos] = self._new_buffers(cpos)
-            if custom_weight is not None:
-                part_weight = custom_weight[tuple(pt[0] for pt in parts)]
-                if cpos not in self._weight_sums:
-                    dtype = accumulation_dtype(next(iter(spec.dtype.values())))
-                    self._weight_sums[cpos] = np.zeros(self.layout.chunk_shape(cpos), dtype=dtype)
-                self._weight_sums[cpos][tuple(pt[1] for pt in parts)] += part_weight
-            for name, (dims, data) in variables.items():
-                buf = buffers[name]
-                out_dims = spec.dims[name]
-                if dims != out_dims:
-                    data = np.moveaxis(
-                        data, [dims.index(d) for d in out_dims], range(len(out_dims))
-                    )
-                axes = spec.axes[name]
-                if custom_weight is not None:
-                    weights = [place(part_weight, axes, buf.ndim)]
-                else:
-                    weights = self._placement.weight(name, parts, axes, buf, self._budget())
-                if spec.plain[name]:  # the buffer holds the spatial dims only, in order
-                    src = tuple(pt[0] for pt in parts)
-                    dst = tuple(pt[1] for pt in parts)
-                else:
-                    src_list: list[slice] = [slice(None)] * buf.ndim
-                    dst_list: list[slice] = [slice(None)] * buf.ndim
-                    for ax, pt in zip(axes, parts):
-                        src_list[ax] = pt[0]
-                        dst_list[ax] = pt[1]
-                    src, dst = tuple(src_list), tuple(dst_list)
-                self._blend(buf[dst], data[src], weights, background)
-
-    def _new_buffers(self, cpos: ChunkPosition) -> dict[Hashable, np.ndarray]:
-        spec = self._spec
-        assert spec is not None
-        extent = dict(zip(self.dims, self.layout.chunk_shape(cpos)))
-        out = {
-            name: np.zeros(spec.shape(name, extent), dtype=accumulation_dtype(spec.dtype[name]))
-            for name in spec.dims
-        }
-        self._buffer_bytes = max(self._buffer_bytes, sum(b.nbytes for b in out.values()))
-        return out
 
     def skip_finished(self, done: np.ndarray) -> np.ndarray:
         """Treat the chunks flagged in ``done`` as finished elsewhere (resume).
@@ -587,39 +428,9 @@ class Aggregator:
         return self.grid[window.index]
 
     def _locate(self, result: Any) -> Window:
-        if not isinstance(result, (xr.DataArray, xr.Dataset)):
-            raise AggregationError(
-                "add(result) without a window needs a DataArray or Dataset result with the"
-                f" spatial coords {self.dims}; got {type(result).__name__}: pass the window"
-            )
-        if self._start_coords is None:
-            self._start_coords = _start_coordinates(self._template_source, self.grid)
-        starts = {}
-        for d, coords in self._start_coords.items():
-            if coords is None or d not in result.coords or result.sizes.get(d, 0) == 0:
-                raise AggregationError(
-                    f"cannot locate the result: dim {d!r} has no coordinate to match;"
-                    " pass the window"
-                )
-            value = result[d].values[0]
-            hits = np.flatnonzero(coords == value)
-            if not len(hits) and coords.dtype.kind == "f":
-                hits = np.flatnonzero(np.isclose(coords, value, rtol=1e-9, atol=0))
-            if not len(hits):
-                raise AggregationError(
-                    f"cannot locate the result: its coordinate {d}={value!r} is not the start of"
-                    " any window of the grid"
-                )
-            if len(hits) > 1:
-                raise AggregationError(
-                    f"cannot locate the result: its coordinate {d}={value!r} starts"
-                    f" {len(hits)} windows (the coordinate is not unique); pass the window"
-                )
-            starts[d] = int(self.grid.axes[self.dims.index(d)].starts[hits[0]])
-        window = self.grid.locate(starts)
-        if window is None:  # pragma: no cover - starts come from the grid
-            raise AggregationError(f"no window starts at {starts}")
-        return window
+        if self._locator is None:
+            self._locator = Locator(self._template_source, self.grid)
+        return self._locator(result)
 
     # --- finishing -------------------------------------------------------------
     def finish_chunk(self, cpos: ChunkPosition, partial: bool = False) -> None:
@@ -631,88 +442,15 @@ class Aggregator:
         flat = self._tally.flat(cpos)
         if self._tally.finished[flat]:
             return
-        if partial:
-            held = self._buffers.get(cpos)
-            buffers = {k: v.copy() for k, v in held.items()} if held else self._new_buffers(cpos)
-        else:
-            buffers = self._buffers.pop(cpos, None) or self._new_buffers(cpos)
-        region = self.layout.region(cpos)
-        uncovered = self._normalise(cpos, buffers, partial)
-        spec = self._spec
-        assert spec is not None
-        variables: Variables = {}
-        for name, buf in buffers.items():
-            dims = spec.dims[name]
-            if uncovered is not None:
-                fill(buf, uncovered, dims, self.dims, np.nan)
-            variables[name] = (dims, buf.astype(blended_dtype(spec.dtype[name]), copy=False))
-        meta = spec.meta
-        if self.on_chunk is not None:
-            variables, meta = self._post_process(region, variables, meta)
-            if uncovered is not None or self.fill_value is not DEFAULT:
-                variables = {k: (d, np.array(v, copy=True)) for k, (d, v) in variables.items()}
-        if uncovered is not None:
-            for dims, data in variables.values():
-                value = default_fill(data.dtype) if self.fill_value is DEFAULT else self.fill_value
-                fill(data, uncovered, dims, self.dims, value)
-        self._out_meta = meta
-        self._sink.write(region, variables, meta)
+        buffers, weight_sum = self._acc.take(cpos, partial)
+        added = self._tally.added_mask() if partial else None
+        assert self._spec is not None
+        variables, meta = self._finisher(cpos, buffers, self._spec, weight_sum, added)
+        self._sink.write(self.layout.region(cpos), variables, meta)
         if partial:
             return
         self._tally.finished[flat] = 1
-        self._weight_sums.pop(cpos, None)
         self._sink.record(self._tally.finished_mask())
-
-    def _post_process(
-        self, region: dict[Hashable, slice], variables: Variables, meta: Meta
-    ) -> tuple[Variables, Meta]:
-        """``on_chunk`` on the labeled chunk; its result split and checked."""
-        where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
-        template = self._chunk_template
-        if template is None:
-            template = self._template.isel(region, missing_dims="ignore")
-        chunk = assemble(variables, meta, template, default_name=self._name)
-        try:
-            processed = self.on_chunk(chunk)  # type: ignore[misc]
-        except Exception as err:
-            err.add_note(f"xpatch: raised by on_chunk for the chunk {where}")
-            raise
-        dims = next(iter(variables.values()))[0]
-        what = f"on_chunk for the chunk {where}"
-        variables, meta = split(
-            processed, spatial=self.dims, default_dims=dims, output_dims=None, what=what
-        )
-        spatial_check(variables, {d: s.stop - s.start for d, s in region.items()}, what)
-        return variables, meta
-
-    def _normalise(
-        self, cpos: ChunkPosition, buffers: dict[Hashable, np.ndarray], partial: bool
-    ) -> np.ndarray | None:
-        """Divide by the weight sum where needed; return the mask of uncovered elements.
-
-        Built-in weights are final already (separable normalisation): only a custom
-        weight, or a preview with windows missing, divides here.
-        """
-        region = self.layout.region(cpos)
-        if not (self._custom or partial):
-            return self._weights.uncovered(list(region.values()))
-        if self._custom:
-            total = self._weight_sums.get(cpos)
-            if total is not None and partial:
-                total = total.copy()
-        else:
-            total = self._weights.added_sum(
-                list(region.values()),
-                self.layout.positions_touching(cpos),
-                self._tally.added_mask(),
-            )
-        if total is None:
-            total = np.zeros(self.layout.chunk_shape(cpos), dtype=np.float32)
-        covered = total > 0
-        np.divide(1.0, total, out=total, where=covered)  # in place: the sum is done with
-        for name, buf in buffers.items():
-            buf *= place(total, self._spec.axes[name], buf.ndim).astype(buf.dtype, copy=False)  # type: ignore[union-attr]
-        return None if covered.all() else ~covered
 
     def settle(self) -> None:
         """Add what is gathered or still being blended in the background (internal).
@@ -775,18 +513,3 @@ class Aggregator:
             f"<Aggregator {self.n_added}/{len(self.grid)} windows added,"
             f" {done}/{self.layout.size} chunks finished, weights={self.kernel!r}>"
         )
-
-
-def _start_coordinates(
-    template: xr.DataArray | xr.Dataset, grid: PatchGrid
-) -> dict[Hashable, np.ndarray | None]:
-    """Coordinate value at every per-axis window start (extrapolated under pad)."""
-    out: dict[Hashable, np.ndarray | None] = {}
-    for ax in grid.axes:
-        if ax.dim not in template.coords:
-            out[ax.dim] = None
-            continue
-        before, after = ax.pad_width
-        coord = padded_coordinate(template[ax.dim].values, before, after)
-        out[ax.dim] = coord[ax.starts + before]
-    return out

@@ -17,10 +17,11 @@ import xarray as xr
 from xpatch import _apply, parallel, store
 from xpatch._dtypes import DEFAULT
 from xpatch._options import ApplyOptions, BlendOptions
+from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler, spatial_subset
 from xpatch._types import Border, PadMode
 from xpatch._validate import check_dims
-from xpatch.aggregate import Aggregator, BlendPlan
+from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.errors import DimensionError, GridError
 from xpatch.grid import PatchGrid

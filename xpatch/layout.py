@@ -11,6 +11,7 @@ chunks an interrupted run finished). Nobody asks the aggregator for geometry.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections.abc import Hashable, Iterator, Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from xpatch._validate import is_int, positive_int
 from xpatch.errors import DimensionError, GridError
 from xpatch.grid import PatchGrid
 
-__all__ = ["ChunkLayout", "chunk_edges", "chunk_sizes"]
+__all__ = ["ChunkLayout", "Tally", "chunk_edges", "chunk_sizes"]
 
 Chunks = int | Mapping[Hashable, Any] | None
 ChunkPosition = tuple[int, ...]
@@ -236,3 +237,35 @@ class ChunkLayout:
 
     def __repr__(self) -> str:
         return f"<ChunkLayout {self.size} chunks {self.shape} over dims {self.grid.dims}>"
+
+
+class Tally:
+    """Which windows were added, how many each chunk still waits for, which are finished.
+
+    Plain buffers (bytearray, array) for the per-window hot path; numpy views of
+    them only through :meth:`added_mask` and :meth:`finished_mask`.
+    """
+
+    def __init__(self, n_windows: int, waiting: np.ndarray) -> None:
+        self.shape = waiting.shape
+        self.added = bytearray(n_windows)
+        self.n_added = 0
+        self.waiting = array("q", waiting.ravel().tolist())
+        self.finished = bytearray(waiting.size)
+        self._strides = [int(np.prod(self.shape[i + 1 :])) for i in range(len(self.shape))]
+
+    def flat(self, cpos: ChunkPosition) -> int:
+        """Flat index of chunk ``cpos``."""
+        return sum(c * s for c, s in zip(cpos, self._strides))
+
+    def added_mask(self) -> np.ndarray:
+        return np.frombuffer(self.added, dtype=bool)
+
+    def finished_mask(self) -> np.ndarray:
+        return np.frombuffer(self.finished, dtype=bool).reshape(self.shape)
+
+    def skip(self, windows: np.ndarray, chunks: np.ndarray) -> None:
+        """Count ``windows`` as added and ``chunks`` as finished elsewhere (resume)."""
+        self.added_mask()[...] |= windows
+        self.finished_mask()[...] |= chunks
+        self.n_added = int(self.added_mask().sum())

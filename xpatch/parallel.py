@@ -28,10 +28,11 @@ import xarray as xr
 
 from xpatch._apply import _BatchWhere, _call, batches, unbatch
 from xpatch._options import ApplyOptions
+from xpatch._plan import BlendPlan
 from xpatch._sampling import BlockCut, Sampler, stack
 from xpatch._sinks import CaptureSink
 from xpatch._structure import Meta, ResultSpec, Variables, What, assemble, spatial_check, split
-from xpatch.aggregate import Aggregator, BlendPlan
+from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
 from xpatch.layout import ChunkLayout
 

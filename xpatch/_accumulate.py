@@ -1,0 +1,182 @@
+"""The accumulation buffers: weighted results summed per chunk of the output.
+
+One :class:`Accumulator` per run holds a buffer per open chunk and variable (in the
+accumulation dtype, :mod:`xpatch._dtypes`), the summed custom weights where the
+kernel is not separable, and the cached final weights (:mod:`xpatch._placement`).
+It adds; the :class:`~xpatch.aggregate.Aggregator` decides what and when, and keeps
+the books.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+from xpatch._blend import Blender
+from xpatch._dtypes import accumulation_dtype
+from xpatch._gather import add_batch_at_once, colours
+from xpatch._normalise import place
+from xpatch._placement import Placement
+from xpatch._plan import BlendPlan
+from xpatch._structure import THIS, ResultSpec, Variables
+from xpatch.grid import Window
+from xpatch.layout import ChunkPosition, Tally
+
+__all__ = ["Accumulator"]
+
+
+class Accumulator:
+    """Per-chunk buffers of weighted sums, and how a result is added to them.
+
+    Parameters
+    ----------
+    plan : BlendPlan
+        The run's grid, chunk layout and final weights.
+    blender : Blender
+        Does the weighted adds (on helper threads for large results).
+    spec : ResultSpec, optional
+        The result layout, when known; else set once the first result fixed it.
+    """
+
+    def __init__(self, plan: BlendPlan, blender: Blender, spec: ResultSpec | None = None) -> None:
+        self.plan = plan
+        self.dims = plan.grid.dims
+        self.blender = blender
+        self.spec = spec
+        self.placement = Placement(plan.layout, plan.weights)
+        self.custom = not plan.weights.separable
+        self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}
+        self.buffer_bytes = 0  # of the largest chunk's buffers
+        self.weight_sums: dict[ChunkPosition, np.ndarray] = {}  # custom weights only
+        self._colour_counts: list[int] | None = None
+
+    def budget(self) -> int:
+        """Bytes the cached weights may take: a few percent of the output."""
+        return self.buffer_bytes // 32
+
+    def new(self, cpos: ChunkPosition) -> dict[Hashable, np.ndarray]:
+        """Zeroed buffers for chunk ``cpos``."""
+        spec = self.spec
+        assert spec is not None
+        extent = dict(zip(self.dims, self.plan.layout.chunk_shape(cpos)))
+        out = {
+            name: np.zeros(spec.shape(name, extent), dtype=accumulation_dtype(spec.dtype[name]))
+            for name in spec.dims
+        }
+        self.buffer_bytes = max(self.buffer_bytes, sum(b.nbytes for b in out.values()))
+        return out
+
+    def take(
+        self, cpos: ChunkPosition, partial: bool
+    ) -> tuple[dict[Hashable, np.ndarray], np.ndarray | None]:
+        """The buffers and summed custom weight of chunk ``cpos``, to be finished.
+
+        ``partial``: copies, leaving the chunk open; else the chunk's buffers are freed.
+        """
+        if partial:
+            held = self.buffers.get(cpos)
+            buffers = {k: v.copy() for k, v in held.items()} if held else self.new(cpos)
+            weight_sum = self.weight_sums.get(cpos)
+            return buffers, None if weight_sum is None else weight_sum.copy()
+        buffers = self.buffers.pop(cpos, None) or self.new(cpos)
+        return buffers, self.weight_sums.pop(cpos, None)
+
+    def add_single(self, position: tuple[int, ...], data: np.ndarray, background: bool) -> None:
+        """One result holding only the spatial dims into the single chunk (the hot path)."""
+        buf = self.buffers[(0,) * len(position)][THIS]
+        placement = self.placement
+        parts = placement.single_parts(position)
+        weights = placement.weight(THIS, parts, self.spec.axes[THIS], buf, self.budget())  # type: ignore[union-attr]
+        self.blender(
+            buf[tuple([pt[1] for pt in parts])],
+            data[tuple([pt[0] for pt in parts])],
+            weights,
+            background,
+        )
+
+    def add_batch(
+        self,
+        windows: Sequence[Window],
+        name: Hashable,
+        dims: tuple[Hashable, ...],
+        data: Any,
+        background: bool,
+    ) -> bool:
+        """``data[1:]`` of a batch into the single chunk at once, if the batch qualifies
+        (built-in weights, the spatial dims last; see
+        :func:`~xpatch._gather.add_batch_at_once`)."""
+        spec = self.spec
+        if self.custom or spec is None or dims != spec.dims[name]:
+            return False
+        buf = self.buffers.get((0,) * len(self.dims), {}).get(name)
+        axes = spec.axes[name]
+        k = len(axes)
+        if buf is None or axes != list(range(buf.ndim - k, buf.ndim)):
+            return False
+        if self._colour_counts is None:
+            self._colour_counts = [colours(ax.starts, ax.sizes) for ax in self.plan.grid.axes]
+        return add_batch_at_once(
+            windows,
+            data,
+            buf,
+            axes,
+            name=name,
+            weights=self.plan.weights,
+            placement=self.placement,
+            budget=self.budget(),
+            colour_counts=self._colour_counts,
+            submit=lambda task: self.blender.submit(task, background),
+        )
+
+    def add(
+        self,
+        window: Window,
+        variables: Variables,
+        touched: Sequence[ChunkPosition],
+        tally: Tally,
+        background: bool = False,
+    ) -> None:
+        """Add the weighted result to each chunk in ``touched`` that is not finished."""
+        spec = self.spec
+        assert spec is not None
+        kernel = self.plan.kernel
+        custom_weight = kernel(dict(zip(self.dims, window.shape))) if self.custom else None
+        for cpos in touched:
+            if tally.finished[tally.flat(cpos)]:
+                continue
+            parts = self.placement.parts(window.position, cpos)
+            buffers = self.buffers.get(cpos)
+            if buffers is None:
+                buffers = self.buffers[cpos] = self.new(cpos)
+            if custom_weight is not None:
+                part_weight = custom_weight[tuple(pt[0] for pt in parts)]
+                if cpos not in self.weight_sums:
+                    dtype = accumulation_dtype(next(iter(spec.dtype.values())))
+                    shape = self.plan.layout.chunk_shape(cpos)
+                    self.weight_sums[cpos] = np.zeros(shape, dtype=dtype)
+                self.weight_sums[cpos][tuple(pt[1] for pt in parts)] += part_weight
+            for name, (dims, data) in variables.items():
+                buf = buffers[name]
+                out_dims = spec.dims[name]
+                if dims != out_dims:
+                    data = np.moveaxis(
+                        data, [dims.index(d) for d in out_dims], range(len(out_dims))
+                    )
+                axes = spec.axes[name]
+                if custom_weight is not None:
+                    weights = [place(part_weight, axes, buf.ndim)]
+                else:
+                    weights = self.placement.weight(name, parts, axes, buf, self.budget())
+                if spec.plain[name]:  # the buffer holds the spatial dims only, in order
+                    src = tuple(pt[0] for pt in parts)
+                    dst = tuple(pt[1] for pt in parts)
+                else:
+                    src_list: list[slice] = [slice(None)] * buf.ndim
+                    dst_list: list[slice] = [slice(None)] * buf.ndim
+                    for ax, pt in zip(axes, parts):
+                        src_list[ax] = pt[0]
+                        dst_list[ax] = pt[1]
+                    src, dst = tuple(src_list), tuple(dst_list)
+                self.blender(buf[dst], data[src], weights, background)
