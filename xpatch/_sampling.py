@@ -8,14 +8,13 @@ values ``numpy.pad`` would, without ever padding the whole array.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
-from xarray.core.indexing import PandasIndexingAdapter
 
+from xpatch._internals import dataarray, index_coordinate, is_memory_coordinate
 from xpatch._structure import padded_coordinate
 from xpatch.grid import PatchGrid, Window
 
@@ -178,7 +177,6 @@ class _FastCutter:
         self.key0 = [slice(None)] * len(self.dims)
         self.others = [d for d in self.dims if d not in self.spatial]
         self.views: dict[tuple[int, ...], np.ndarray] = {}
-        self.lean = _lean_variables()
         self.attrs = dict(obj.attrs)
         # the data's dims are the grid's, in order: the window's slices index it as they are
         self.plain = self.dims == tuple(grid.dims)
@@ -201,9 +199,7 @@ class _FastCutter:
             ):
                 return None
         for coord in obj.coords.values():
-            if set(coord.dims) & set(grid.dims) and not isinstance(
-                coord.variable._data, (np.ndarray, PandasIndexingAdapter)
-            ):
+            if set(coord.dims) & set(grid.dims) and not is_memory_coordinate(coord.variable):
                 return None
         return cls(obj, grid)
 
@@ -221,10 +217,7 @@ class _FastCutter:
                 # the sliced index and its coordinate, built from each other as isel
                 # does, without slicing the pandas index twice (a few times faster)
                 index = indexes[name] = index.isel({dim: s})
-                data = PandasIndexingAdapter(index.index, dtype=index.coord_dtype)
-                coords[name] = xr.IndexVariable(
-                    var.dims, data, copy.copy(var.attrs), copy.copy(var.encoding), fastpath=True
-                )
+                coords[name] = index_coordinate(index, var)
             hit = (coords, indexes)
             if len(self.cache) > 4096:
                 self.cache.clear()
@@ -273,10 +266,7 @@ class _FastCutter:
         indexes = dict(self.fixed_indexes)
         indexes[batch_dim] = index
         dims = (batch_dim, *self.dims)
-        if not self.lean:  # pragma: no cover - a future xarray with other internals
-            variable = xr.Variable(dims, data, attrs=self.attrs.copy(), fastpath=True)
-            return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
-        return _direct(dims, data, self.attrs.copy(), coords, self.obj.name, indexes)
+        return dataarray(dims, data, self.attrs.copy(), coords, self.obj.name, indexes)
 
     def key(self, window: Window) -> tuple[slice, ...]:
         """Numpy index of the window's patch in the source data."""
@@ -313,54 +303,7 @@ class _FastCutter:
                 coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
         data = self.data[tuple(slices) if self.plain else self.key(window)]
         attrs = self.attrs.copy()
-        if not self.lean:  # pragma: no cover - a future xarray with other internals
-            variable = xr.Variable(self.dims, data, attrs=attrs, fastpath=True)
-            return xr.DataArray._construct_direct(variable, coords, self.obj.name, indexes)
-        return _direct(self.dims, data, attrs, coords, self.obj.name, indexes)
-
-
-_new = object.__new__
-_set = object.__setattr__
-
-
-def _direct(
-    dims: tuple[Hashable, ...],
-    data: np.ndarray,
-    attrs: dict[Hashable, Any],
-    coords: dict[Hashable, Any],
-    name: Hashable,
-    indexes: dict[Hashable, Any],
-) -> xr.DataArray:
-    """What ``Variable(..., fastpath=True)`` and ``DataArray._construct_direct`` store,
-    without their per-call checks (the source's dims, data and labels are valid)."""
-    variable = _new(xr.Variable)
-    # plain stores into the slots (Variable has no __setattr__ of its own: checked)
-    variable._dims = dims
-    variable._data = data
-    variable._attrs = attrs
-    variable._encoding = None
-    out = _new(xr.DataArray)  # its __setattr__ is xarray's: go around it
-    _set(out, "_variable", variable)
-    _set(out, "_coords", coords)
-    _set(out, "_name", name)
-    _set(out, "_indexes", indexes)
-    _set(out, "_close", None)
-    return out
-
-
-def _slots(cls: type) -> set[str]:
-    return {s for c in cls.__mro__ for s in c.__dict__.get("__slots__", ())}
-
-
-def _lean_variables() -> bool:
-    """True if Variable and DataArray hold exactly the slots the direct build fills
-    (and Variable stores attributes as any object does)."""
-    return (
-        _slots(xr.Variable) == {"_dims", "_data", "_attrs", "_encoding"}
-        and xr.Variable.__setattr__ is object.__setattr__
-        and _slots(xr.DataArray)
-        == {"__weakref__", "_cache", "_close", "_coords", "_indexes", "_name", "_variable"}
-    )
+        return dataarray(self.dims, data, attrs, coords, self.obj.name, indexes)
 
 
 def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:
