@@ -13,7 +13,7 @@ from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._sinks import Sink
-from xpatch._structure import THIS, Meta, split
+from xpatch._structure import THIS, Meta, source_dims, split
 from xpatch.aggregate import Aggregator
 from xpatch.errors import ResultError
 from xpatch.grid import PatchGrid, Window
@@ -117,7 +117,8 @@ def run(
                 if bar is not None:
                     bar.update(1)
         else:
-            default = (batch_dim, *obj.dims) if isinstance(obj, xr.DataArray) else None
+            dims = source_dims(obj)
+            default = (batch_dim, *dims) if dims is not None else None
             uniform = all(len(np.unique(ax.sizes)) == 1 for ax in grid.axes)
             for group in batches(windows, batch_size, uniform):
                 where = _BatchWhere(group)

@@ -15,16 +15,8 @@ import numpy as np
 import xarray as xr
 
 from xpatch._internals import dataarray, index_coordinate, is_memory_coordinate
-from xpatch._structure import padded_coordinate
+from xpatch._structure import data_variables, padded_coordinate
 from xpatch.grid import PatchGrid, Window
-
-
-def spatial_subset(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable]) -> Any:
-    """For a Dataset, the variables holding every spatial dim; a DataArray as is."""
-    if isinstance(obj, xr.Dataset):
-        keep = [k for k, v in obj.data_vars.items() if set(dims) <= set(v.dims)]
-        return obj[keep]
-    return obj
 
 
 class CutPlan(NamedTuple):
@@ -61,13 +53,8 @@ class Sampler:
         # only the pad border has windows reaching past the array
         self._inside = all(ax.pad_width == (0, 0) for ax in grid.axes)
         self._fast = _FastCutter.make(obj, grid)
-        variables = (
-            [obj.variable]
-            if isinstance(obj, xr.DataArray)
-            else [obj.variables[k] for k in obj.data_vars]
-        )
         self._lazy_file = any(
-            v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables
+            v.chunks is None and not isinstance(v._data, np.ndarray) for v in data_variables(obj)
         )
 
     def cutter(self) -> Callable[[Window], Any]:
@@ -224,7 +211,7 @@ class _FastCutter:
             self.cache[key] = hit
         return hit
 
-    def gather(self, windows: Sequence[Window], flat: np.ndarray | None = None) -> np.ndarray:
+    def stacked(self, windows: Sequence[Window], flat: np.ndarray | None = None) -> np.ndarray:
         """The patches of equally shaped in-bounds windows, stacked on a new first axis.
 
         One fancy-indexing call on a strided view of the source (no Python per patch
@@ -259,7 +246,7 @@ class _FastCutter:
         from xarray.core.indexes import PandasIndex
 
         flat = np.fromiter([w.index for w in windows], dtype=np.int64, count=len(windows))
-        data = self.gather(windows, flat)
+        data = self.stacked(windows, flat)
         index = PandasIndex(flat, batch_dim)
         coords = dict(self.fixed)
         coords.update(index.create_variables())
@@ -423,7 +410,7 @@ class BlockCut:
 
         return build((), self.blocks)
 
-    def gather(self, blocks: Any) -> np.ndarray:
+    def read(self, blocks: Any) -> np.ndarray:
         """Concatenate the needed parts of the input blocks and cut the patch from them."""
         arr = np.block(self._trim(blocks, ())) if self.cuts else np.asarray(blocks)
         for axis, ix in enumerate(self.local):

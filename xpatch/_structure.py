@@ -37,6 +37,46 @@ class What:
         return format(str(self), spec)
 
 
+# --- labels in: the source ------------------------------------------------------
+def source_name(obj: xr.DataArray | xr.Dataset) -> Hashable | None:
+    """The name a result takes by default: the source DataArray's (a Dataset has none)."""
+    return obj.name if isinstance(obj, xr.DataArray) else None
+
+
+def source_dims(obj: xr.DataArray | xr.Dataset) -> tuple[Hashable, ...] | None:
+    """The dims of a bare-array result by default: the source DataArray's (None for a
+    Dataset, whose results must be labeled or named by ``output_dims``)."""
+    return tuple(obj.dims) if isinstance(obj, xr.DataArray) else None
+
+
+def data_variables(obj: xr.DataArray | xr.Dataset) -> list[xr.Variable]:
+    """The data variables of a DataArray (itself) or Dataset, in order."""
+    if isinstance(obj, xr.DataArray):
+        return [obj.variable]
+    return [obj.variables[k] for k in obj.data_vars]
+
+
+def all_variables(obj: xr.DataArray | xr.Dataset) -> list[xr.Variable]:
+    """Every variable of ``obj``, data and coordinates (the object's own, not copies)."""
+    if isinstance(obj, xr.DataArray):
+        return [obj.variable]
+    return list(obj.variables.values())
+
+
+def spatial_subset(obj: xr.DataArray | xr.Dataset, dims: Sequence[Hashable]) -> Any:
+    """For a Dataset, the variables holding every spatial dim; a DataArray as is."""
+    if isinstance(obj, xr.Dataset):
+        keep = [k for k, v in obj.data_vars.items() if set(dims) <= set(v.dims)]
+        return obj[keep]
+    return obj
+
+
+def as_dataset(obj: xr.DataArray | xr.Dataset, name: Hashable) -> xr.Dataset:
+    """A Dataset: ``obj`` itself, or a DataArray as the one variable ``name``."""
+    return obj.to_dataset(name=name) if isinstance(obj, xr.DataArray) else obj
+
+
+# --- labels out: results ------------------------------------------------------------
 def to_numpy(data: Any) -> np.ndarray:
     """Any array-like (numpy, dask, torch tensor on any device) as a numpy array."""
     if isinstance(data, np.ndarray):

@@ -40,6 +40,8 @@ from xpatch._structure import (
     ResultSpec,
     Variables,
     What,
+    source_dims,
+    source_name,
     spatial_check,
     split,
     to_numpy,
@@ -159,8 +161,8 @@ class Aggregator:
         self._custom = not plan.weights.separable
         self._blend = Blender(threads)
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
-        self._name = template.name if isinstance(template, xr.DataArray) else None
-        self._default_dims = tuple(template.dims) if isinstance(template, xr.DataArray) else None
+        self._name = source_name(template)
+        self._default_dims = source_dims(template)
         self._template_source = template
         self._locator: Locator | None = None
         self._finisher = ChunkFinisher(plan, self._template, self._name)

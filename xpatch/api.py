@@ -18,7 +18,8 @@ from xpatch import _apply, parallel, store
 from xpatch._dtypes import DEFAULT
 from xpatch._options import ApplyOptions, BlendOptions
 from xpatch._plan import BlendPlan
-from xpatch._sampling import Sampler, spatial_subset
+from xpatch._sampling import Sampler
+from xpatch._structure import spatial_subset
 from xpatch._types import Border, PadMode
 from xpatch._validate import check_dims
 from xpatch.aggregate import Aggregator

@@ -8,6 +8,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._sampling import Sampler
+from xpatch._structure import all_variables
 from xpatch.grid import PatchGrid
 
 
@@ -106,7 +107,7 @@ def _memmap_of(var: xr.Variable) -> np.memmap | None:
 
 def _detach_memmaps(obj: Any) -> Any:
     """Replace memory-mapped data by re-open recipes (so pickling copies no data)."""
-    variables = [obj.variable] if isinstance(obj, xr.DataArray) else list(obj.variables.values())
+    variables = all_variables(obj)
     recipes = {}
     for k, var in enumerate(variables):
         mm = _memmap_of(var)
@@ -115,7 +116,7 @@ def _detach_memmaps(obj: Any) -> Any:
     if not recipes:
         return obj
     obj = obj.copy(deep=False)
-    targets = [obj.variable] if isinstance(obj, xr.DataArray) else list(obj.variables.values())
+    targets = all_variables(obj)
     for k, recipe in recipes.items():
         targets[k]._data = np.empty((0,) * targets[k].ndim, dtype=recipe.dtype)
     return (obj, recipes)
@@ -125,7 +126,7 @@ def _attach_memmaps(packed: Any) -> Any:
     if not isinstance(packed, tuple):
         return packed
     obj, recipes = packed
-    targets = [obj.variable] if isinstance(obj, xr.DataArray) else list(obj.variables.values())
+    targets = all_variables(obj)
     for k, recipe in recipes.items():
         targets[k]._data = recipe.open()
     return obj

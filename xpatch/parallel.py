@@ -31,7 +31,18 @@ from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
 from xpatch._sampling import BlockCut, Sampler, stack
 from xpatch._sinks import CaptureSink
-from xpatch._structure import Meta, ResultSpec, Variables, What, assemble, spatial_check, split
+from xpatch._structure import (
+    Meta,
+    ResultSpec,
+    Variables,
+    What,
+    assemble,
+    data_variables,
+    source_dims,
+    source_name,
+    spatial_check,
+    split,
+)
 from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
 from xpatch.layout import ChunkLayout
@@ -40,7 +51,7 @@ from xpatch.layout import ChunkLayout
 def is_dask_backed(obj: xr.DataArray | xr.Dataset) -> bool:
     """True if any data variable of ``obj`` is a dask array."""
     # ``Variable.chunks`` looks at the wrapped array without loading a lazy one
-    return any(v.chunks is not None for v in source_variables(obj))
+    return any(v.chunks is not None for v in data_variables(obj))
 
 
 def default_chunks(
@@ -48,7 +59,7 @@ def default_chunks(
 ) -> dict[Hashable, tuple[int, ...]]:
     """The input's dask chunks along the spatial dims (first variable that has them)."""
     out: dict[Hashable, tuple[int, ...]] = {}
-    for v in source_variables(obj):
+    for v in data_variables(obj):
         if v.chunks is None:
             continue
         for d, c in zip(v.dims, v.chunks):
@@ -90,13 +101,13 @@ class _SourceLabels:
 
     @classmethod
     def of(cls, obj: xr.DataArray | xr.Dataset, spatial: tuple[Hashable, ...]) -> _SourceLabels:
-        variables = source_variables(obj)
-        is_array = isinstance(obj, xr.DataArray)
+        variables = data_variables(obj)
+        dims = source_dims(obj)
         return cls(
-            kind="dataarray" if is_array else "dataset",
-            name=obj.name if is_array else None,
+            kind="dataset" if dims is None else "dataarray",
+            name=source_name(obj),
             attrs=dict(obj.attrs),
-            var_names=[None] if is_array else list(obj.data_vars),
+            var_names=[None] if dims is not None else list(obj.data_vars),
             var_dims=[tuple(v.dims) for v in variables],
             var_attrs=[dict(v.attrs) for v in variables],
             spatial=spatial,
@@ -120,13 +131,6 @@ class _SourceLabels:
         return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)
 
 
-def source_variables(obj: xr.DataArray | xr.Dataset) -> list[xr.Variable]:
-    """The data variables of a DataArray (itself) or Dataset."""
-    if isinstance(obj, xr.DataArray):
-        return [obj.variable]
-    return [obj.variables[k] for k in obj.data_vars]
-
-
 def _patch_task(func: Callable[[Any], Any], task: PatchTask, *blocks: Any) -> list[Variables]:
     """Assemble the patches of a task, call ``func``, return one result per window."""
     labels = task.source
@@ -134,7 +138,7 @@ def _patch_task(func: Callable[[Any], Any], task: PatchTask, *blocks: Any) -> li
     patches = [
         labels.patch(
             task.coords[i],
-            [task.cuts[i][k].gather(blocks[i * n_vars + k]) for k in range(n_vars)],
+            [task.cuts[i][k].read(blocks[i * n_vars + k]) for k in range(n_vars)],
         )
         for i in range(len(task.windows))
     ]
@@ -203,7 +207,7 @@ class _GraphBuilder:
         self.obj, self.func, self.grid, self.options = obj, func, grid, options
         self.plan = BlendPlan.make(grid, options.blend, self.layout)
         self.labels = _SourceLabels.of(obj, grid.dims)
-        self.arrays = [v.data for v in source_variables(obj)]
+        self.arrays = [v.data for v in data_variables(obj)]
         self.skeleton = xr.Dataset(coords=obj.coords)
         self.sampler = Sampler(self.skeleton, grid)
         token = uuid.uuid4().hex[:12]

@@ -22,7 +22,7 @@ import xarray as xr
 
 from xpatch import _apply
 from xpatch._options import ApplyOptions
-from xpatch._structure import THIS, Meta, assemble
+from xpatch._structure import THIS, Meta, as_dataset, assemble, source_name
 from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
 from xpatch.layout import chunk_sizes
@@ -68,7 +68,7 @@ class ZarrSink:
         self.grid = grid
         self.chunks = dict(chunks)
         self.template = template
-        self.name = template.name if isinstance(template, xr.DataArray) else None
+        self.name = source_name(template)
         self.record_value = {"grid": grid.signature(), "chunks": [chunks[d] for d in grid.dims]}
         self.record_value.update(config or {})
         from collections.abc import MutableMapping
@@ -181,7 +181,7 @@ class ZarrSink:
             self.var_names[name] = key
             encoding[key] = {"chunks": chunks}
         obj = assemble(lazy, meta, self.template, default_name=self.name)
-        ds = obj.to_dataset(name=self.var_names[THIS]) if isinstance(obj, xr.DataArray) else obj
+        ds = as_dataset(obj, self.var_names[THIS])
         ds.attrs = dict(ds.attrs)
         for key in encoding:
             ds[key].encoding = {}
