@@ -181,7 +181,7 @@ class ZarrSink:
             self.var_names[name] = key
             encoding[key] = {"chunks": chunks}
         obj = assemble(lazy, meta, self.template, default_name=self.name)
-        ds = as_dataset(obj, self.var_names[THIS])
+        ds = as_dataset(obj, self.var_names.get(THIS))
         ds.attrs = dict(ds.attrs)
         for key in encoding:
             ds[key].encoding = {}
