@@ -382,31 +382,16 @@ class Aggregator:
         for window in rest:
             if self._tally.added[window.index]:
                 raise AggregationError(f"{window!r} was already added; each window is added once")
-        if len(rest) > 1 and len(per) == 1:
+        single = self._single
+        if len(rest) > 1 and len(per) == 1 and single is not None and not self._tally.finished[0]:
             name, dims, data = per.pop()
             background = sole_owner(data, BLOCK_BYTES)  # smaller: not worth another thread
-            if self._add_at_once(rest, name, dims, data, background):
+            if self._acc.add_batch(rest, name, dims, data, background):
+                self._mark_many([w.index for w in rest], single)
                 return
             per.append((name, dims, data))
         for i, window in enumerate(rest, 1):
             self._add_checked(window, {n: (d, arr[i]) for n, d, arr in per})
-
-    def _add_at_once(
-        self,
-        windows: Sequence[Window],
-        name: Hashable,
-        dims: tuple[Hashable, ...],
-        data: Any,
-        background: bool,
-    ) -> bool:
-        """The whole batch at once, if it qualifies (see :meth:`add_batch`)."""
-        cpos = self._single
-        if cpos is None or self._tally.finished[0]:
-            return False
-        added = self._acc.add_batch(windows, name, dims, data, background)
-        if added:
-            self._mark_many([w.index for w in windows], cpos)
-        return added
 
     def skip_finished(self, done: np.ndarray) -> np.ndarray:
         """Treat the chunks flagged in ``done`` as finished elsewhere (resume).
