@@ -16,7 +16,7 @@ from xpatch._structure import padded_coordinate
 from xpatch.errors import AggregationError
 from xpatch.grid import PatchGrid, Window
 
-__all__ = ["Locator"]
+__all__ = ["Locator", "check_window"]
 
 
 class Locator:
@@ -82,3 +82,21 @@ class Locator:
         if window is None:  # pragma: no cover - starts come from the grid
             raise AggregationError(f"no window starts at {starts}")
         return window
+
+
+def check_window(grid: PatchGrid, window: Any) -> Window:
+    """``window`` as this grid's own window, or a clear error.
+
+    Examples
+    --------
+    >>> grid = PatchGrid({"x": 8}, {"x": 4})
+    >>> check_window(grid, grid[1]) == grid[1]
+    True
+    """
+    if not isinstance(window, Window):
+        raise TypeError(f"window must be a Window from the grid, got {type(window).__name__}")
+    if grid.owns(window):
+        return window
+    if not 0 <= window.index < len(grid) or grid[window.index] != window:
+        raise AggregationError(f"{window!r} is not a window of this grid")
+    return grid[window.index]

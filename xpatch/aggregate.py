@@ -30,7 +30,7 @@ from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, sole_owner
 from xpatch._dtypes import DEFAULT
 from xpatch._finish import ChunkFinisher
 from xpatch._gather import Gathering
-from xpatch._locate import Locator
+from xpatch._locate import Locator, check_window
 from xpatch._options import BlendOptions
 from xpatch._plan import BlendPlan
 from xpatch._sinks import MemorySink, Sink
@@ -210,7 +210,7 @@ class Aggregator:
         ``inf - inf`` under ``np.errstate(invalid="raise")``) is then raised by a
         later ``add`` or by :meth:`result`. The result is the same either way.
         """
-        window = self._locate(result) if window is None else self._check_window(window)
+        window = self._locate(result) if window is None else check_window(self.grid, window)
         self.add_result([result], window)
 
     def add_result(self, box: list[Any], window: Window) -> None:
@@ -405,15 +405,6 @@ class Aggregator:
         return skip
 
     # --- locating --------------------------------------------------------------
-    def _check_window(self, window: Any) -> Window:
-        if not isinstance(window, Window):
-            raise TypeError(f"window must be a Window from the grid, got {type(window).__name__}")
-        if self.grid.owns(window):
-            return window
-        if not 0 <= window.index < len(self.grid) or self.grid[window.index] != window:
-            raise AggregationError(f"{window!r} is not a window of this grid")
-        return self.grid[window.index]
-
     def _locate(self, result: Any) -> Window:
         if self._locator is None:
             self._locator = Locator(self._template_source, self.grid)
