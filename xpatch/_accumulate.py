@@ -144,7 +144,8 @@ class Accumulator:
         kernel = self.plan.kernel
         custom_weight = kernel(dict(zip(self.dims, window.shape))) if self.custom else None
         for cpos in touched:
-            if tally.finished[tally.flat(cpos)]:
+            flat = tally.flats.get(cpos)
+            if tally.finished[tally.flat(cpos) if flat is None else flat]:
                 continue
             parts = self.placement.parts(window.position, cpos)
             buffers = self.buffers.get(cpos)

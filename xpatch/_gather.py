@@ -60,6 +60,8 @@ class Gathering:
     along the last axis. Windows that tile the output along the last axis (the usual
     half-patch step) then add as one block of long rows: numpy loops over the block's
     rows, not over each patch's. Made by :meth:`plan`, which says whether it pays.
+    A result may be gathered if its window is ``inside`` the array and its dtype is
+    ``data_dtype``.
     """
 
     def __init__(
@@ -156,10 +158,6 @@ class Gathering:
             span=span,
             colours=m,
         )
-
-    def accepts(self, index: int, data: np.ndarray) -> bool:
-        """True if the result ``data`` of window ``index`` may be gathered."""
-        return bool(self.inside[index]) and data.dtype == self.data_dtype
 
     def put(self, index: int, data: np.ndarray) -> None:
         """Copy one small result (not added before) to its place in the buffer."""

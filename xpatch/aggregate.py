@@ -171,6 +171,7 @@ class Aggregator:
         )
         self._tally = Tally(len(grid), plan.layout.waiting())
         self._single: ChunkPosition | None = (0,) * len(self.dims) if plan.layout.single else None
+        self._single_touched = (self._single,)
         self._spec = spec
         self._acc = Accumulator(plan, self._blend, spec)
         # fast paths, chosen once the first result fixed the layout (see _choose_paths)
@@ -241,9 +242,14 @@ class Aggregator:
                 if data.shape == shape:
                     del result  # the data may now be ours alone
                     gathering = self._gathering
-                    if gathering is not None and gathering.accepts(window.index, data):
-                        gathering.put(window.index, data)
-                        self._mark(window.index, (self._single,))  # type: ignore[arg-type]
+                    index = window.index
+                    if (
+                        gathering is not None
+                        and gathering.inside[index]
+                        and data.dtype == gathering.data_dtype
+                    ):
+                        gathering.put(index, data)
+                        self._mark(index, self._single_touched)
                         return
                     # (smaller results are blended at once anyway)
                     background = sole_owner(data, THREAD_BYTES)
@@ -298,8 +304,11 @@ class Aggregator:
         tally = self._tally
         tally.added[index] = 1
         tally.n_added += 1
+        flats = tally.flats
         for cpos in touched:
-            flat = tally.flat(cpos)
+            flat = flats.get(cpos)
+            if flat is None:
+                flat = tally.flat(cpos)
             if tally.finished[flat]:
                 continue
             left = tally.waiting[flat] - 1
@@ -321,7 +330,7 @@ class Aggregator:
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
         self._acc.add_single(window.position, data, background)
-        self._mark(window.index, (self._single,))  # type: ignore[arg-type]
+        self._mark(window.index, self._single_touched)  # type: ignore[arg-type]
 
     def add_variables(
         self,

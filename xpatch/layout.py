@@ -253,10 +253,12 @@ class Tally:
         self.waiting = array("q", waiting.ravel().tolist())
         self.finished = bytearray(waiting.size)
         self._strides = [int(np.prod(self.shape[i + 1 :])) for i in range(len(self.shape))]
+        self.flats: dict[ChunkPosition, int] = {}  # chunk position -> flat index
 
     def flat(self, cpos: ChunkPosition) -> int:
-        """Flat index of chunk ``cpos``."""
-        return sum(c * s for c, s in zip(cpos, self._strides))
+        """Flat index of chunk ``cpos`` (remembered in :attr:`flats`)."""
+        flat = self.flats[cpos] = sum(c * s for c, s in zip(cpos, self._strides))
+        return flat
 
     def added_mask(self) -> np.ndarray:
         return np.frombuffer(self.added, dtype=bool)
