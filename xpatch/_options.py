@@ -88,7 +88,7 @@ class ApplyOptions:
     batch_output_dims : tuple of hashable or None
         With ``batch_size``: the dims of a bare-array batched result, ``batch_dim``
         where the user put it.
-    out, resume, progress
+    out, resume, progress, overwrite
         As given to ``apply``.
     """
 
@@ -99,6 +99,7 @@ class ApplyOptions:
     out: Any = None
     resume: bool = False
     progress: bool = False
+    overwrite: bool = False
 
     @classmethod
     def make(
@@ -116,6 +117,7 @@ class ApplyOptions:
         out: Any,
         resume: bool,
         progress: bool,
+        overwrite: bool = False,
     ) -> ApplyOptions:
         """Validate the arguments of ``apply`` for a source with ``source_dims``.
 
@@ -156,4 +158,4 @@ class ApplyOptions:
             fill_value=fill_value,
             output_dims=output_dims,
         )
-        return cls(blend, batch_size, batch_dim, batched, out, resume, progress)
+        return cls(blend, batch_size, batch_dim, batched, out, resume, progress, overwrite)

@@ -178,6 +178,7 @@ class PatchAccessor:
         out: Any = None,
         resume: bool = False,
         progress: bool = False,
+        overwrite: bool = False,
         **size_kwargs: int,
     ) -> Obj:
         """Run ``func`` on every patch and blend the results into one array.
@@ -221,6 +222,9 @@ class PatchAccessor:
             returned opened lazily from it.
         resume : bool, default: False
             With ``out``: keep the chunks an interrupted run already finished.
+        overwrite : bool, default: False
+            With ``out``: replace what is stored there. Without it, an ``out`` that
+            holds anything is refused (unless ``resume`` continues xpatch's own run).
         progress : bool, default: False
             Show a progress bar (needs tqdm).
 
@@ -248,7 +252,7 @@ class PatchAccessor:
             self._obj, func, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
             on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
-            **size_kwargs,
+            overwrite=overwrite, **size_kwargs,
         )  # fmt: skip
 
     def aggregator(
@@ -265,6 +269,7 @@ class PatchAccessor:
         fill_value: Any = DEFAULT,
         output_dims: Sequence[Hashable] | None = None,
         out: Any = None,
+        overwrite: bool = False,
         **size_kwargs: int,
     ) -> Aggregator:
         """An :class:`~xpatch.Aggregator` for a hand-written loop over the grid.
@@ -273,7 +278,7 @@ class PatchAccessor:
         ----------
         size, step, border, pad_mode, **size_kwargs
             The grid, as for :meth:`grid`.
-        weights, chunks, on_chunk, fill_value, output_dims, out
+        weights, chunks, on_chunk, fill_value, output_dims, out, overwrite
             As for :meth:`apply`.
 
         Returns
@@ -296,5 +301,5 @@ class PatchAccessor:
         return api.aggregator(
             self._obj, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             chunks=chunks, on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
-            out=out, **size_kwargs,
+            out=out, overwrite=overwrite, **size_kwargs,
         )  # fmt: skip

@@ -139,6 +139,7 @@ def apply(
     out: Any = None,
     resume: bool = False,
     progress: bool = False,
+    overwrite: bool = False,
     **size_kwargs: int,
 ) -> Obj:
     """Run ``func`` on every patch of ``obj`` and blend the results (``obj.patch.apply``).
@@ -170,6 +171,7 @@ def apply(
         out=out,
         resume=resume,
         progress=progress,
+        overwrite=overwrite,
     )
     if options.out is not None:
         return store.apply_to_store(obj, func, g, options)
@@ -192,6 +194,7 @@ def aggregator(
     fill_value: Any = DEFAULT,
     output_dims: Sequence[Hashable] | None = None,
     out: Any = None,
+    overwrite: bool = False,
     **size_kwargs: int,
 ) -> Aggregator:
     """An :class:`~xpatch.Aggregator` over the grid of ``obj`` (``obj.patch.aggregator``).
@@ -211,5 +214,7 @@ def aggregator(
     options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims)  # type: ignore[arg-type]
     sink = None
     if out is not None:
-        sink = store.ZarrSink(out, obj, g, chunk_sizes(chunks, g), resume=False)
+        sink = store.ZarrSink(
+            out, obj, g, chunk_sizes(chunks, g), resume=False, overwrite=overwrite
+        )
     return Aggregator.from_plan(BlendPlan.make(g, options), obj, sink)

@@ -62,9 +62,11 @@ class ZarrSink:
         *,
         resume: bool,
         config: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
     ) -> None:
         zarr = _zarr()
         self.zarr = zarr
+        self.overwrite = overwrite
         self.grid = grid
         self.chunks = dict(chunks)
         self.template = template
@@ -333,5 +335,6 @@ def apply_to_store(
         chunk_sizes(blend.chunks, grid),
         resume=options.resume,
         config=config,
+        overwrite=options.overwrite,
     )
     return _apply.apply(obj, func, grid, options, sink)
