@@ -418,39 +418,44 @@ def test_custom_weights_are_copied_when_given():
     np.testing.assert_allclose(out.values, 1.0, rtol=1e-6)
 
 
-def _zero_rim_case():
-    """inf at an element that only zero weights cover: inf * 0 while blending."""
+def _opposite_inf_case():
+    """inf where a window answering +inf meets one answering -inf: inf - inf while
+    blending (a weight of 0 no longer gives ``inf * 0``: a zero weight masks the result).
+    """
     a = np.random.default_rng(11).random((1400, 1300), dtype=np.float32)
-    a[316, 100] = np.inf  # on the 1-px rim of the second row of windows (squeezed to 316)
-    da = xr.DataArray(a, dims=("y", "x"))
-    w = np.pad(np.ones((766, 766)), 1)  # each patch's rim gets weight 0
-    return da, dict(y=768, x=768, step=382, weights=w)
+    a[500, 100] = np.inf  # in the first two rows of windows (0:768 and 316:1084)
+    da = xr.DataArray(a, dims=("y", "x"), coords={"y": np.arange(1400)})
+
+    def signed(p):  # the first row of windows answers p, the others -p
+        return p * (1.0 if int(p.y[0]) == 0 else -1.0)
+
+    return da, dict(y=768, x=768, step=382, weights="mean"), signed
 
 
 def test_floating_point_errors_of_helper_threads_follow_the_callers_errstate():
     import warnings
 
-    da, kw = _zero_rim_case()
+    da, kw, signed = _opposite_inf_case()
     with pytest.warns(RuntimeWarning, match="invalid value encountered while blending"):
-        da.patch.apply(lambda p: p * 1.0, **kw)
+        da.patch.apply(signed, **kw)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(invalid="ignore"):
-            da.patch.apply(lambda p: p * 1.0, **kw)
+            da.patch.apply(signed, **kw)
     with np.errstate(invalid="raise"), pytest.raises(FloatingPointError, match="invalid value"):
-        da.patch.apply(lambda p: p * 1.0, **kw)
+        da.patch.apply(signed, **kw)
 
 
 def test_warning_filters_inside_func_do_not_catch_the_background_blend():
     """A model escalating warnings inside its call does not fail on xpatch's own."""
     import warnings
 
-    da, kw = _zero_rim_case()
+    da, kw, signed = _opposite_inf_case()
 
     def model(p):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            return p * 1.0
+            return signed(p)
 
     with pytest.warns(RuntimeWarning, match="while blending"):
         da.patch.apply(model, **kw)

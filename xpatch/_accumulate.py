@@ -47,6 +47,7 @@ class Accumulator:
         self.spec = spec
         self.placement = Placement(plan.layout, plan.weights)
         self.custom = not plan.weights.separable
+        self.zero_weights = plan.weights.has_zeros  # (a custom weight is checked per patch)
         self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}
         self.buffer_bytes = 0  # of the largest chunk's buffers
         self.weight_sums: dict[ChunkPosition, np.ndarray] = {}  # custom weights only
@@ -108,7 +109,7 @@ class Accumulator:
         (built-in weights, the spatial dims last; see
         :func:`~xpatch._gather.add_batch_at_once`)."""
         spec = self.spec
-        if self.custom or spec is None or dims != spec.dims[name]:
+        if self.custom or self.zero_weights or spec is None or dims != spec.dims[name]:
             return False
         buf = self.buffers.get((0,) * len(self.dims), {}).get(name)
         axes = spec.axes[name]
@@ -170,6 +171,7 @@ class Accumulator:
                     weights = [place(part_weight, axes, buf.ndim)]
                 else:
                     weights = self.placement.weight(name, parts, axes, buf, self.budget())
+                zero = self.zero_weights or custom_weight is not None
                 if spec.plain[name]:  # the buffer holds the spatial dims only, in order
                     src = tuple(pt[0] for pt in parts)
                     dst = tuple(pt[1] for pt in parts)
@@ -180,4 +182,13 @@ class Accumulator:
                         src_list[ax] = pt[0]
                         dst_list[ax] = pt[1]
                     src, dst = tuple(src_list), tuple(dst_list)
-                self.blender(buf[dst], data[src], weights, background)
+                part = data[src]
+                if zero:  # where the weight is 0 the result counts for nothing, NaN or not
+                    weights = (
+                        [np.prod(np.broadcast_arrays(*weights), axis=0)]
+                        if len(weights) > 1
+                        else weights
+                    )
+                    if not weights[0].all():
+                        part = np.where(weights[0] == 0, np.zeros((), part.dtype), part)
+                self.blender(buf[dst], part, weights, background)

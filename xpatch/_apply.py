@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -120,14 +120,23 @@ def run(
             dims = source_dims(obj)
             default = (batch_dim, *dims) if dims is not None else None
             uniform = all(len(np.unique(ax.sizes)) == 1 for ax in grid.axes)
+            sizes = {d: n for d, n in obj.sizes.items() if d not in grid.dims}
             for group in batches(windows, batch_size, uniform):
                 where = _BatchWhere(group)
                 batch = sampler.batch(group, batch_dim)
                 result = _call(func, batch, where)
+                if isinstance(result, (xr.DataArray, xr.Dataset)):
+                    result = agg.align(result, None, f"func's result for {where}", batch_dim)
                 # windows of a batch share one shape: the layout is checked once per batch
                 box = [
                     batched_variables(
-                        result, len(group), batch_dim, default, options.batch_output_dims, where
+                        result,
+                        len(group),
+                        batch_dim,
+                        default,
+                        options.batch_output_dims,
+                        where,
+                        sizes,
                     )
                 ]
                 del batch, result  # handed over: not alive here while func makes the next one
@@ -154,10 +163,12 @@ def batched_variables(
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
     where: Any,
+    default_sizes: Mapping[Hashable, int] | None = None,
 ) -> tuple[dict[Hashable, Any], Meta]:
     """A batched result as named arrays that all hold ``batch_dim`` of length ``n``.
 
-    ``output_dims`` names the axes of a bare-array result, ``batch_dim`` included.
+    ``output_dims`` names the axes of a bare-array result, ``batch_dim`` included;
+    ``default_sizes``: the source's non-spatial lengths (see :func:`split`).
     """
     variables, meta = split(
         result,
@@ -165,6 +176,7 @@ def batched_variables(
         default_dims=default_dims,
         output_dims=output_dims,
         what=f"func's result for {where}",
+        default_sizes=default_sizes,
     )
     meta.coords = {k: v for k, v in meta.coords.items() if batch_dim not in v.dims}
     for name, (dims, data) in variables.items():
@@ -184,9 +196,12 @@ def unbatch(
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
     where: str,
+    default_sizes: Mapping[Hashable, int] | None = None,
 ) -> Iterator[tuple[dict[Hashable, Any], Meta]]:
     """Split a batched result into one (variables, meta) per window."""
-    variables, meta = batched_variables(result, n, batch_dim, default_dims, output_dims, where)
+    variables, meta = batched_variables(
+        result, n, batch_dim, default_dims, output_dims, where, default_sizes
+    )
     for i in range(n):
         one = {}
         for name, (dims, data) in variables.items():

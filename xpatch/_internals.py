@@ -16,13 +16,13 @@ loudly when a new xarray changes what they rely on.
 from __future__ import annotations
 
 import copy
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["LEAN", "dataarray", "index_coordinate"]
+__all__ = ["LEAN", "dataarray", "index_coordinate", "index_values", "indexes_of"]
 
 
 def _slots(cls: type) -> set[str]:
@@ -95,3 +95,20 @@ def is_memory_coordinate(var: xr.Variable) -> bool:
         (np.ndarray,) if PandasIndexingAdapter is None else (np.ndarray, PandasIndexingAdapter)
     )
     return isinstance(var._data, allowed)
+
+
+def indexes_of(obj: xr.DataArray | xr.Dataset) -> Mapping[Hashable, Any]:
+    """The indexes of ``obj`` by coordinate name (xarray's own mapping, not a copy)."""
+    indexes = getattr(obj, "_indexes", None)
+    if not isinstance(indexes, dict):  # pragma: no cover - a future xarray
+        return dict(obj.xindexes)
+    return indexes
+
+
+def index_values(index: Any) -> np.ndarray:
+    """The labels of a pandas-backed xarray index as a numpy array."""
+    pd_index = getattr(index, "index", None)
+    if pd_index is None:  # pragma: no cover - a custom index type
+        (var,) = index.create_variables().values()
+        return np.asarray(var.values)
+    return np.asarray(pd_index.values)

@@ -142,6 +142,8 @@ class SeparableWeights:
             seen: dict[bytes, int] = {}
             self.ids.append([seen.setdefault(f.tobytes(), len(seen)) for f in raw])
         self._ids_array = [np.asarray(ids) for ids in self.ids]
+        # a weight that is 0 somewhere: results are masked there (0 * NaN is NaN)
+        self.has_zeros = any(not f.all() for factors in self.factors for f in factors)
 
     def weight(
         self,

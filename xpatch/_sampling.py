@@ -15,7 +15,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._internals import dataarray, index_coordinate, is_memory_coordinate
-from xpatch._structure import data_variables, padded_coordinate
+from xpatch._structure import all_variables, data_variables, padded_coordinate
 from xpatch.grid import PatchGrid, Window
 
 
@@ -34,6 +34,7 @@ class Sampler:
         self.obj = obj
         self.grid = grid
         self.lengths = grid.lengths
+        self.spatial = set(grid.dims)
         self._maps: dict[Hashable, np.ndarray] = {}
         self._coords: dict[Hashable, np.ndarray] = {}
         self._before: dict[Hashable, int] = {}
@@ -112,7 +113,11 @@ class Sampler:
         ):
             if self._fast is not None and window.dims == self.grid.dims:
                 return self._fast(window)  # (built for the grid's dims, in its order)
-            return self.obj.isel(dict(zip(window.dims, window.slices)))
+            patch = self.obj.isel(dict(zip(window.dims, window.slices)))
+            for var in all_variables(patch, coords=True):
+                if self.spatial & set(var.dims):
+                    read_only(var)
+            return patch
         indexers, masks, coords = self.plan(window)
         if self._lazy_file:
             patch = _read_runs(self.obj, indexers)
@@ -199,7 +204,7 @@ class _FastCutter:
                 var = self.variables[name]
                 index = self.indexes.get(name)
                 if index is None:
-                    coords[name] = var[s]
+                    coords[name] = read_only(var[s])
                     continue
                 # the sliced index and its coordinate, built from each other as isel
                 # does, without slicing the pandas index twice (a few times faster)
@@ -287,10 +292,21 @@ class _FastCutter:
             sel = dict(zip(window.dims, slices))
             for name in self.multi:
                 var = self.variables[name]
-                coords[name] = var[tuple(sel.get(d, slice(None)) for d in var.dims)]
+                coords[name] = read_only(var[tuple(sel.get(d, slice(None)) for d in var.dims)])
         data = self.data[tuple(slices) if self.plain else self.key(window)]
+        data.flags.writeable = False  # (a view of the source: func must not write to it)
         attrs = self.attrs.copy()
         return dataarray(self.dims, data, attrs, coords, self.obj.name, indexes)
+
+
+def read_only(var: xr.Variable) -> xr.Variable:
+    """Make a sliced variable's numpy data read-only (a view of the user's array must
+    not be written through a patch); other data is left as it is."""
+    data = var._data
+    if type(data) is np.ndarray or type(data) is np.memmap:
+        if data.base is not None:  # a view made for this patch, never the source itself
+            data.flags.writeable = False
+    return var
 
 
 def _read_runs(obj: Any, indexers: dict[Hashable, Any]) -> Any:

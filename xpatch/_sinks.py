@@ -81,6 +81,12 @@ class MemorySink:
                 raise AggregationError(
                     f"on_chunk returned dims {dims} for one chunk and {out_dims} for another"
                 )
+            if data.dtype != out.dtype and not np.can_cast(data.dtype, out.dtype, "safe"):
+                where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
+                raise AggregationError(
+                    f"the chunk {where} has dtype {data.dtype}, earlier chunks had {out.dtype}:"
+                    " on_chunk must return one dtype for every chunk"
+                )
             data = np.moveaxis(data, [dims.index(d) for d in out_dims], range(len(dims)))
             out[tuple(region.get(d, slice(None)) for d in out_dims)] = data
 

@@ -56,10 +56,12 @@ def data_variables(obj: xr.DataArray | xr.Dataset) -> list[xr.Variable]:
     return [obj.variables[k] for k in obj.data_vars]
 
 
-def all_variables(obj: xr.DataArray | xr.Dataset) -> list[xr.Variable]:
-    """Every variable of ``obj``, data and coordinates (the object's own, not copies)."""
+def all_variables(obj: xr.DataArray | xr.Dataset, coords: bool = False) -> list[xr.Variable]:
+    """The variables of ``obj`` (the object's own, not copies): a DataArray's own
+    variable (and, with ``coords``, its coordinates'), or every variable of a Dataset."""
     if isinstance(obj, xr.DataArray):
-        return [obj.variable]
+        own = [obj.variable]
+        return [*own, *(c.variable for c in obj.coords.values())] if coords else own
     return list(obj.variables.values())
 
 
@@ -107,11 +109,15 @@ def split(
     default_dims: Sequence[Hashable] | None,
     output_dims: Sequence[Hashable] | None,
     what: Any,
+    default_sizes: Mapping[Hashable, int] | None = None,
 ) -> tuple[Variables, Meta]:
     """Split a result into named (dims, ndarray) pairs and its metadata.
 
     Non-spatial coords of a labeled result are kept in the metadata; spatial
-    coords are dropped (the output takes them from the source array).
+    coords are dropped (the output takes them from the source array). A bare array
+    takes ``output_dims``, else ``default_dims`` (the patch's), whose non-spatial
+    lengths must then be those in ``default_sizes``: a model giving 4 classes for 3
+    bands must say so with ``output_dims``.
     """
     spatial_set = set(spatial)
     if isinstance(result, xr.DataArray):
@@ -143,6 +149,15 @@ def split(
                 f" {'output_dims' if output_dims is not None else 'the patch dims'} name"
                 f" {len(dims)} dims {tuple(dims)}"
             )
+        if output_dims is None and default_sizes:
+            for d, n in zip(dims, data.shape):
+                if d in default_sizes and n != default_sizes[d]:
+                    raise ResultError(
+                        f"{what} returned an array of shape {data.shape}: read with the"
+                        f" patch's dims {tuple(dims)}, its length along {d!r} is {n}, but the"
+                        f" patch has {d}={default_sizes[d]}; name the result's dims with"
+                        " output_dims=(...) (or return a DataArray)"
+                    )
         return {THIS: (tuple(dims), data)}, Meta("dataarray", from_labeled=False)
     for name, coord in source.coords.items():
         if not spatial_set.intersection(coord.dims):
@@ -242,6 +257,13 @@ class ResultSpec:
         self.axes: dict[Hashable, list[int]] = {}  # where the spatial dims are, grid order
         self.plain: dict[Hashable, bool] = {}  # holds the spatial dims only, in grid order
         for name, (dims, data) in variables.items():
+            if data.dtype.kind in "mMUSV":
+                raise ResultError(
+                    f"the first result has dtype {data.dtype}{_label(name)}: only numbers"
+                    " (bool, int, float, complex, or objects that add and multiply) can be"
+                    " blended; convert in func, e.g. a timedelta to seconds with"
+                    " p / np.timedelta64(1, 's')"
+                )
             self.dims[name] = dims
             self.other[name] = {d: n for d, n in zip(dims, data.shape) if d not in spatial}
             self.dtype[name] = data.dtype
@@ -258,6 +280,7 @@ class ResultSpec:
             )
         for name, (dims, data) in variables.items():
             other = self.other[name]
+            self.check_dtype(name, data.dtype, what)
             if dims == self.dims[name] and all(
                 data.shape[k] == other[d] for k, d in enumerate(dims) if d in other
             ):
@@ -268,6 +291,16 @@ class ResultSpec:
                     f"{what} has dims {dict(zip(dims, data.shape))}; earlier results had"
                     f" non-spatial dims {other}"
                 )
+
+    def check_dtype(self, name: Hashable, dtype: np.dtype, what: Any) -> None:
+        """A later result may change dtype only to one the first's holds exactly."""
+        first = self.dtype[name]
+        if dtype != first and not np.can_cast(dtype, first, "safe"):
+            raise ResultError(
+                f"{what}{_label(name)} has dtype {dtype}, earlier results had {first}: it"
+                f" cannot be blended with them without loss; return {first} from every"
+                " patch (or cast the first result)"
+            )
 
     def shape(self, name: Hashable, extent: Mapping[Hashable, int]) -> tuple[int, ...]:
         """The shape of variable ``name`` over a spatial ``extent`` (dim -> length)."""
@@ -312,3 +345,7 @@ def padded_coordinate(values: np.ndarray, before: int, after: int) -> np.ndarray
         tail = values[-1] + hi * np.arange(1, after + 1)
         return np.concatenate([head, values, tail]).astype(values.dtype, copy=False)
     return np.pad(values, (before, after), mode="edge")
+
+
+def _label(name: Hashable) -> str:
+    return "" if name == THIS else f" (variable {name!r})"

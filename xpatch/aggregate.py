@@ -30,7 +30,7 @@ from xpatch._blend import BLOCK_BYTES, THREAD_BYTES, Blender, sole_owner
 from xpatch._dtypes import DEFAULT
 from xpatch._finish import ChunkFinisher
 from xpatch._gather import Gathering
-from xpatch._locate import Locator, check_window
+from xpatch._locate import LabelCheck, Locator, check_window
 from xpatch._options import BlendOptions
 from xpatch._plan import BlendPlan
 from xpatch._sinks import MemorySink, Sink
@@ -163,6 +163,9 @@ class Aggregator:
         self._template = xr.Dataset(coords=template.coords, attrs=template.attrs)
         self._name = source_name(template)
         self._default_dims = source_dims(template)
+        self._default_sizes = {d: n for d, n in template.sizes.items() if d not in grid.dims}
+        self._labels: LabelCheck | None = None
+        self._dtype: np.dtype | None = None
         self._template_source = template
         self._locator: Locator | None = None
         self._finisher = ChunkFinisher(plan, self._template, self._name)
@@ -232,6 +235,7 @@ class Aggregator:
             if kind is np.ndarray:
                 data = result
             else:
+                result = self._labels(result, window)  # type: ignore[misc]
                 data = result.variable._data
                 if type(data) is not np.ndarray:
                     data = to_numpy(result.data)
@@ -239,7 +243,7 @@ class Aggregator:
                 shape = self._uniform
                 if shape is None:
                     shape = self._spec.single_shape(window.shape)  # type: ignore[union-attr]
-                if data.shape == shape:
+                if data.shape == shape and data.dtype == self._dtype:
                     del result  # the data may now be ours alone
                     gathering = self._gathering
                     index = window.index
@@ -258,17 +262,27 @@ class Aggregator:
                     else:
                         self._add_checked(window, {THIS: (dims, data)}, background)
                     return
+        if isinstance(result, (xr.DataArray, xr.Dataset)):
+            result = self.align(result, window, What(window))
         variables, meta = split(
             result,
             spatial=self.dims,
             default_dims=self._default_dims,
             output_dims=self.output_dims,
             what=What(window),
+            default_sizes=self._default_sizes,
         )
         first = self._spec is None
         self.add_variables(window, variables, meta)
         if first and list(variables) == [THIS] and type(result) in (xr.DataArray, np.ndarray):
             self._choose_paths(type(result), variables[THIS])
+
+    def align(self, result: Any, window: Window | None, what: Any, batch_dim: Any = None) -> Any:
+        """A labeled result aligned to its window (see :class:`~xpatch._locate.LabelCheck`);
+        ``window`` None: a batch stacked along ``batch_dim``."""
+        if self._labels is None:
+            self._labels = LabelCheck(self._template_source, self.grid)
+        return self._labels(result, window, what, batch_dim)
 
     def _choose_paths(self, kind: type, variable: tuple[tuple[Hashable, ...], np.ndarray]) -> None:
         """After the first result: the fast paths later results of its kind may take.
@@ -281,11 +295,17 @@ class Aggregator:
         """
         dims, data = variable
         self._lean = (kind, dims)
-        self._single_plain = self._single is not None and not self._custom and dims == self.dims
+        self._dtype = data.dtype
+        self._single_plain = (
+            self._single is not None
+            and not self._custom
+            and not self._weights.has_zeros
+            and dims == self.dims
+        )
         if not all(len(np.unique(ax.sizes)) == 1 for ax in self.grid.axes):
             return
         self._uniform = self._spec.single_shape(tuple(int(ax.sizes[0]) for ax in self.grid.axes))  # type: ignore[union-attr]
-        if self._single is None or self._custom:
+        if self._single is None or self._custom or self._weights.has_zeros:
             return
         buf = self._acc.buffers.get(self._single, {}).get(THIS)
         k = len(self.dims)

@@ -27,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._apply import _BatchWhere, _call, batches, unbatch
+from xpatch._locate import align
 from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
 from xpatch._sampling import BlockCut, Sampler, stack
@@ -85,6 +86,7 @@ class PatchTask:
     batch_dim: Hashable | None
     output_dims: tuple[Hashable, ...] | None
     batch_output_dims: tuple[Hashable, ...] | None
+    reference: dict[Hashable, np.ndarray]  # non-spatial labels every result must have
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class _SourceLabels:
     var_dims: list[tuple[Hashable, ...]]
     var_attrs: list[dict[Hashable, Any]]
     spatial: tuple[Hashable, ...]
+    sizes: dict[Hashable, int]  # the non-spatial lengths of the source
 
     @classmethod
     def of(cls, obj: xr.DataArray | xr.Dataset, spatial: tuple[Hashable, ...]) -> _SourceLabels:
@@ -111,6 +114,7 @@ class _SourceLabels:
             var_dims=[tuple(v.dims) for v in variables],
             var_attrs=[dict(v.attrs) for v in variables],
             spatial=spatial,
+            sizes={d: n for d, n in obj.sizes.items() if d not in spatial},
         )
 
     @property
@@ -144,23 +148,39 @@ def _patch_task(func: Callable[[Any], Any], task: PatchTask, *blocks: Any) -> li
     ]
     if task.batch_dim is None:
         window = task.windows[0]
+        result = _call(func, patches[0], window)
+        if isinstance(result, (xr.DataArray, xr.Dataset)):
+            coords = task.coords[0]
+            expected = {
+                d: np.asarray(coords[d].values)
+                for d in labels.spatial
+                if d in coords and coords[d].dims == (d,)
+            }
+            result = align(result, {**expected, **task.reference}, What(window))
         variables, _ = split(
-            _call(func, patches[0], window),
+            result,
             spatial=labels.spatial,
             default_dims=labels.default_dims,
             output_dims=task.output_dims,
             what=What(window),
+            default_sizes=labels.sizes,
         )
         return [variables]
     where = _BatchWhere(task.windows)
     result = _call(func, stack(patches, task.windows, task.batch_dim), where)
+    if isinstance(result, (xr.DataArray, xr.Dataset)):
+        result = align(result, task.reference, f"func's result for {where}")
     default = (task.batch_dim, *labels.default_dims) if labels.default_dims else None
-    return [
-        v
-        for v, _ in unbatch(
-            result, len(task.windows), task.batch_dim, default, task.batch_output_dims, where
-        )
-    ]
+    unbatched = unbatch(
+        result,
+        len(task.windows),
+        task.batch_dim,
+        default,
+        task.batch_output_dims,
+        str(where),
+        labels.sizes,
+    )
+    return [v for v, _ in unbatched]
 
 
 def _block_task(
@@ -231,7 +251,12 @@ class _GraphBuilder:
             cuts.append(cut)
         return keys, cuts, coords
 
-    def task(self, windows: list[Window], batched: bool) -> tuple[PatchTask, list[Any]]:
+    def task(
+        self,
+        windows: list[Window],
+        batched: bool,
+        reference: dict[Hashable, np.ndarray] | None = None,
+    ) -> tuple[PatchTask, list[Any]]:
         """The patch task of ``windows`` and the input block keys it reads."""
         all_keys, cuts, coords = [], [], []
         for window in windows:
@@ -248,6 +273,7 @@ class _GraphBuilder:
             batch_dim=options.batch_dim if batched else None,
             output_dims=options.blend.output_dims,
             batch_output_dims=options.batch_output_dims,
+            reference=reference or {},
         )
         return task, all_keys
 
@@ -311,7 +337,7 @@ class _GraphBuilder:
                 what=f"the result for {first!r}",
             )
 
-    def patch_tasks(self, dsk: dict[Any, Any]) -> dict[int, tuple[int, int]]:
+    def patch_tasks(self, dsk: dict[Any, Any], spec: ResultSpec) -> dict[int, tuple[int, int]]:
         """Add the patch tasks (windows grouped so that batches share output blocks);
         return where each window's result is: (task, position in the task)."""
         grid, batch_size = self.grid, self.options.batch_size
@@ -319,9 +345,15 @@ class _GraphBuilder:
         groups = (
             [[w] for w in ordered] if batch_size is None else list(batches(ordered, batch_size))
         )
+        # the non-spatial labels of the first result: every result must have them
+        reference = {
+            name: np.asarray(var.values)
+            for name, var in spec.meta.coords.items()
+            if var.dims == (name,) and name not in grid.dims
+        }
         location: dict[int, tuple[int, int]] = {}
         for t, group in enumerate(groups):
-            task, keys = self.task(group, batch_size is not None)
+            task, keys = self.task(group, batch_size is not None, reference)
             dsk[(self.patch_name, t)] = (_patch_task, self.func_key, task, *keys)
             for j, window in enumerate(group):
                 location[window.index] = (t, j)
@@ -363,7 +395,7 @@ class _GraphBuilder:
 
         spec, out_vars, out_meta = self.learn_layout()
         dsk: dict[Any, Any] = {self.func_key: self.func}
-        location = self.patch_tasks(dsk)
+        location = self.patch_tasks(dsk, spec)
         order = {name: dims for name, (dims, _) in out_vars.items()}
         self.block_tasks(dsk, location, spec, order)
         dims_of = self.grid.dims
