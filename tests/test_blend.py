@@ -633,3 +633,27 @@ def test_a_fresh_batch_is_added_in_the_background():
         agg.add_batch(windows[i : i + 256], batch(windows[i : i + 256]), "patch")
     expected = da.patch.apply(lambda p: p * 2.0, y=32, x=32, step=16, weights="gaussian")
     np.testing.assert_allclose(agg.result().values, expected.values, rtol=1e-5)
+
+
+def test_no_helper_threads_inside_a_dask_task():
+    """Inside a task of dask's scheduler, xpatch uses the one thread it was given."""
+    import dask.array as dsa
+
+    from xpatch._blend import default_threads
+
+    seen = []
+
+    def probe(block):
+        seen.append(default_threads())
+        return block
+
+    dsa.ones(8, chunks=2).map_blocks(probe, meta=np.ones(0)).compute(scheduler="threads")
+    assert seen and set(seen) == {1}
+
+
+def test_threadpoolctl_limit_is_respected():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from xpatch._blend import default_threads
+
+    with threadpoolctl.threadpool_limits(1):
+        assert default_threads() == 1

@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xpatch._blend import default_threads
 from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
-from xpatch._sampling import Sampler
+from xpatch._reader import ChunkReader
+from xpatch._sampling import Sampler, stack
 from xpatch._sinks import Sink
 from xpatch._structure import THIS, Meta, source_dims, split
 from xpatch.aggregate import Aggregator
@@ -100,8 +102,11 @@ def run(
         iter(grid) if isinstance(order, range) else (grid[int(i)] for i in order)
     )
     batch_size, batch_dim = options.batch_size, options.batch_dim
+    reader = ChunkReader.make(obj, grid, threads=min(2, default_threads() - 1))
     try:
-        if batch_size is None:
+        if reader is not None:
+            _run_stream(reader.stream(windows), func, agg, options, bar, obj)
+        elif batch_size is None:
             sample = sampler.cutter()
             add = agg.add_result
             for window in windows:
@@ -154,6 +159,58 @@ def run(
         if bar is not None:
             bar.close()
     return agg
+
+
+def _run_stream(
+    stream: Iterator[tuple[Window, Any]],
+    func: Callable[[Any], Any],
+    agg: Aggregator,
+    options: ApplyOptions,
+    bar: Any,
+    obj: xr.DataArray | xr.Dataset,
+) -> None:
+    """The run over patches read ahead (a lazy file source): one by one or in batches."""
+    batch_size, batch_dim = options.batch_size, options.batch_dim
+    if batch_size is None:
+        for window, patch in stream:
+            result = _call(func, patch, window)
+            del patch
+            box = [result]
+            del result
+            agg.add_result(box, window)
+            if bar is not None:
+                bar.update(1)
+        return
+    dims = source_dims(obj)
+    default = (batch_dim, *dims) if dims is not None else None
+    sizes = {d: n for d, n in obj.sizes.items() if d not in agg.grid.dims}
+    group: list[Window] = []
+    patches: list[Any] = []
+
+    def flush() -> None:
+        where = _BatchWhere(list(group))
+        result = _call(func, stack(patches, group, batch_dim), where)
+        if isinstance(result, (xr.DataArray, xr.Dataset)):
+            result = agg.align(result, None, f"func's result for {where}", batch_dim)
+        box = [
+            batched_variables(
+                result, len(group), batch_dim, default, options.batch_output_dims, where, sizes
+            )
+        ]
+        del result
+        agg.add_batch(list(group), box, batch_dim)
+        if bar is not None:
+            bar.update(len(group))
+        group.clear()
+        patches.clear()
+
+    for window, patch in stream:
+        if group and (len(group) == batch_size or group[0].shape != window.shape):
+            flush()
+        group.append(window)
+        patches.append(patch)
+    if group:
+        flush()
 
 
 def batched_variables(

@@ -43,17 +43,61 @@ _pool_lock = threading.Lock()
 
 
 def default_threads() -> int:
-    """``XPATCH_NUM_THREADS`` if set, else the cores this process may run on (at most 8)."""
+    """How many threads xpatch may use (helper threads plus the calling one).
+
+    ``XPATCH_NUM_THREADS`` if set; else 1 inside a dask task (dask runs tasks in
+    parallel already) and no more than a ``threadpoolctl`` limit in force; else the
+    cores this process may run on (at most 8).
+    """
     env = os.environ.get("XPATCH_NUM_THREADS", "").strip()
     if env:
         if not env.isdigit() or int(env) < 1:
             raise ValueError(f"XPATCH_NUM_THREADS must be a positive int, got {env!r}")
         return int(env)
+    if _in_dask_task():
+        return 1
     try:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         n = os.cpu_count() or 1
-    return max(1, min(n, MAX_THREADS))
+    return max(1, min(n, MAX_THREADS, _threadpool_limit()))
+
+
+def _in_dask_task() -> bool:
+    """True on a dask worker thread or inside a task of dask's threaded scheduler."""
+    distributed = sys.modules.get("distributed")
+    if distributed is not None:
+        try:
+            distributed.get_worker()
+            return True
+        except ValueError:
+            pass
+    if "dask.local" not in sys.modules:
+        return False
+    # a task of dask's local schedulers runs under dask.local's execute_task
+    frame = sys._getframe(1)
+    for _ in range(64):
+        if frame is None:
+            return False
+        if frame.f_code.co_name == "execute_task" and frame.f_globals.get(
+            "__name__", ""
+        ).startswith("dask."):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _threadpool_limit() -> int:
+    """The smallest thread limit ``threadpoolctl`` has set for a numerical library (only
+    when the user has imported it: xpatch does not depend on it)."""
+    threadpoolctl = sys.modules.get("threadpoolctl")
+    if threadpoolctl is None:
+        return MAX_THREADS
+    try:
+        limits = [int(info["num_threads"]) for info in threadpoolctl.threadpool_info()]
+    except Exception:  # an introspection failure must not stop a run
+        return MAX_THREADS
+    return min([*limits, MAX_THREADS])
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:

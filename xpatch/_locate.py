@@ -216,9 +216,7 @@ def compare(
         return False  # another length: the shape checks that follow say so
     if np.array_equal(values, expected):
         return True
-    if len(np.unique(values)) == len(values) and np.array_equal(
-        np.sort(values), np.sort(expected)
-    ):
+    if len(np.unique(values)) == len(values) and np.array_equal(np.sort(values), np.sort(expected)):
         fix[dim] = expected
         return False
     advice = (

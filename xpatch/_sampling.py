@@ -9,13 +9,20 @@ values ``numpy.pad`` would, without ever padding the whole array.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from xpatch._internals import dataarray, index_coordinate, is_memory_coordinate
-from xpatch._structure import all_variables, data_variables, padded_coordinate
+from xpatch._structure import (
+    all_variables,
+    data_variables,
+    padded_coordinate,
+    source_dims,
+    source_name,
+)
 from xpatch.grid import PatchGrid, Window
 
 
@@ -429,20 +436,32 @@ class BlockCut:
     def read(self, blocks: Any) -> np.ndarray:
         """Concatenate the needed parts of the input blocks and cut the patch from them."""
         arr = np.block(self._trim(blocks, ())) if self.cuts else np.asarray(blocks)
-        for axis, ix in enumerate(self.local):
-            if not isinstance(ix, slice):
-                arr = np.take(arr, ix, axis=axis)
-        for axis, valid in self.masks:
-            shape = [1] * arr.ndim
-            shape[axis] = len(valid)
-            arr = np.where(valid.reshape(shape), arr, np.zeros((), dtype=arr.dtype))
-        return arr
+        return take(arr, self.local, self.masks)
 
     def _trim(self, nested: Any, position: tuple[int, ...]) -> Any:
         """Slice every block of a nested list to the part the patch needs."""
         if len(position) == len(self.cuts):
             return np.asarray(nested)[tuple(c[p] for c, p in zip(self.cuts, position))]
         return [self._trim(sub, (*position, j)) for j, sub in enumerate(nested)]
+
+
+def take(arr: np.ndarray, local: Sequence[Any], masks: Sequence[tuple[int, np.ndarray]]) -> Any:
+    """``arr`` indexed by a slice or integer positions per axis, then zero where a
+    constant-pad mask says the position is padding (what ``numpy.pad`` gives)."""
+    if all(isinstance(ix, slice) for ix in local):
+        arr = arr[tuple(local)]
+    else:
+        for axis, ix in enumerate(local):
+            arr = (
+                arr[(slice(None),) * axis + (ix,)]
+                if isinstance(ix, slice)
+                else np.take(arr, ix, axis=axis)
+            )
+    for axis, valid in masks:
+        shape = [1] * arr.ndim
+        shape[axis] = len(valid)
+        arr = np.where(valid.reshape(shape), arr, np.zeros((), dtype=arr.dtype))
+    return arr
 
 
 def _axis_pieces(edges: np.ndarray, ix: Any) -> tuple[list[tuple[int, slice]], Any]:
@@ -473,3 +492,58 @@ def _axis_pieces(edges: np.ndarray, ix: Any) -> tuple[list[tuple[int, slice]], A
         [offsets[int(b)] + int(i) - starts[int(b)] for b, i in zip(of_ix, ix)], dtype=np.intp
     )
     return pieces, local
+
+
+@dataclass(frozen=True)
+class SourceLabels:
+    """The labels of the source that every patch carries (not its data)."""
+
+    kind: str  # "dataarray" or "dataset"
+    name: Hashable | None
+    attrs: dict[Hashable, Any]
+    var_names: list[Hashable | None]
+    var_dims: list[tuple[Hashable, ...]]
+    var_attrs: list[dict[Hashable, Any]]
+    spatial: tuple[Hashable, ...]
+    sizes: dict[Hashable, int]  # the non-spatial lengths of the source
+
+    @classmethod
+    def of(cls, obj: xr.DataArray | xr.Dataset, spatial: tuple[Hashable, ...]) -> SourceLabels:
+        variables = data_variables(obj)
+        dims = source_dims(obj)
+        return cls(
+            kind="dataset" if dims is None else "dataarray",
+            name=source_name(obj),
+            attrs=dict(obj.attrs),
+            var_names=[None] if dims is not None else list(obj.data_vars),
+            var_dims=[tuple(v.dims) for v in variables],
+            var_attrs=[dict(v.attrs) for v in variables],
+            spatial=spatial,
+            sizes={d: n for d, n in obj.sizes.items() if d not in spatial},
+        )
+
+    @property
+    def default_dims(self) -> tuple[Hashable, ...] | None:
+        """Dims of a bare-array result: the source DataArray's."""
+        return self.var_dims[0] if self.kind == "dataarray" else None
+
+    def patch(self, coords: dict[Hashable, xr.Variable], data: Sequence[np.ndarray]) -> Any:
+        """A labeled patch from its variables' data."""
+        if self.kind == "dataarray":
+            return xr.DataArray(
+                data[0], dims=self.var_dims[0], coords=coords, name=self.name, attrs=self.attrs
+            )
+        data_vars = {
+            k: xr.Variable(dims, arr, attrs=a)
+            for k, dims, arr, a in zip(self.var_names, self.var_dims, data, self.var_attrs)
+        }
+        return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)
+
+
+def cut_coords(skeleton: xr.Dataset, plan: CutPlan) -> dict[Hashable, xr.Variable]:
+    """The coordinates of a window's patch, from a coordinates-only ``skeleton`` of the
+    source (extrapolated along padded dims)."""
+    coords_ds = skeleton.isel(plan.indexers, missing_dims="ignore")
+    if plan.coords:
+        coords_ds = coords_ds.assign_coords(plan.coords)
+    return {k: v.variable for k, v in coords_ds.coords.items()}

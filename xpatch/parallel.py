@@ -30,7 +30,7 @@ from xpatch._apply import _BatchWhere, _call, batches, unbatch
 from xpatch._locate import align
 from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
-from xpatch._sampling import BlockCut, Sampler, stack
+from xpatch._sampling import BlockCut, Sampler, SourceLabels, cut_coords, stack
 from xpatch._sinks import CaptureSink
 from xpatch._structure import (
     Meta,
@@ -39,8 +39,6 @@ from xpatch._structure import (
     What,
     assemble,
     data_variables,
-    source_dims,
-    source_name,
     spatial_check,
     split,
 )
@@ -79,7 +77,7 @@ class PatchTask:
     its blocks (see :class:`~xpatch._sampling.BlockCut`).
     """
 
-    source: _SourceLabels
+    source: SourceLabels
     windows: list[Window]
     coords: list[dict[Hashable, xr.Variable]]
     cuts: list[list[BlockCut]]
@@ -87,52 +85,6 @@ class PatchTask:
     output_dims: tuple[Hashable, ...] | None
     batch_output_dims: tuple[Hashable, ...] | None
     reference: dict[Hashable, np.ndarray]  # non-spatial labels every result must have
-
-
-@dataclass(frozen=True)
-class _SourceLabels:
-    """The labels of the source that every patch carries (not its data)."""
-
-    kind: str  # "dataarray" or "dataset"
-    name: Hashable | None
-    attrs: dict[Hashable, Any]
-    var_names: list[Hashable | None]
-    var_dims: list[tuple[Hashable, ...]]
-    var_attrs: list[dict[Hashable, Any]]
-    spatial: tuple[Hashable, ...]
-    sizes: dict[Hashable, int]  # the non-spatial lengths of the source
-
-    @classmethod
-    def of(cls, obj: xr.DataArray | xr.Dataset, spatial: tuple[Hashable, ...]) -> _SourceLabels:
-        variables = data_variables(obj)
-        dims = source_dims(obj)
-        return cls(
-            kind="dataset" if dims is None else "dataarray",
-            name=source_name(obj),
-            attrs=dict(obj.attrs),
-            var_names=[None] if dims is not None else list(obj.data_vars),
-            var_dims=[tuple(v.dims) for v in variables],
-            var_attrs=[dict(v.attrs) for v in variables],
-            spatial=spatial,
-            sizes={d: n for d, n in obj.sizes.items() if d not in spatial},
-        )
-
-    @property
-    def default_dims(self) -> tuple[Hashable, ...] | None:
-        """Dims of a bare-array result: the source DataArray's."""
-        return self.var_dims[0] if self.kind == "dataarray" else None
-
-    def patch(self, coords: dict[Hashable, xr.Variable], data: Sequence[np.ndarray]) -> Any:
-        """A labeled patch from its variables' data."""
-        if self.kind == "dataarray":
-            return xr.DataArray(
-                data[0], dims=self.var_dims[0], coords=coords, name=self.name, attrs=self.attrs
-            )
-        data_vars = {
-            k: xr.Variable(dims, arr, attrs=a)
-            for k, dims, arr, a in zip(self.var_names, self.var_dims, data, self.var_attrs)
-        }
-        return xr.Dataset(data_vars, coords=coords, attrs=self.attrs)
 
 
 def _patch_task(func: Callable[[Any], Any], task: PatchTask, *blocks: Any) -> list[Variables]:
@@ -226,7 +178,7 @@ class _GraphBuilder:
             obj = obj.chunk({})  # (after the layout: it follows the dask variables' chunks)
         self.obj, self.func, self.grid, self.options = obj, func, grid, options
         self.plan = BlendPlan.make(grid, options.blend, self.layout)
-        self.labels = _SourceLabels.of(obj, grid.dims)
+        self.labels = SourceLabels.of(obj, grid.dims)
         self.arrays = [v.data for v in data_variables(obj)]
         self.skeleton = xr.Dataset(coords=obj.coords)
         self.sampler = Sampler(self.skeleton, grid)
@@ -240,10 +192,7 @@ class _GraphBuilder:
     def cut(self, window: Window) -> tuple[list[Any], list[BlockCut], dict[Hashable, Any]]:
         """The block keys and cuts of every variable for ``window``, and its coords."""
         plan = self.sampler.plan(window)
-        coords_ds = self.skeleton.isel(plan.indexers, missing_dims="ignore")
-        if plan.coords:
-            coords_ds = coords_ds.assign_coords(plan.coords)
-        coords = {k: v.variable for k, v in coords_ds.coords.items()}
+        coords = cut_coords(self.skeleton, plan)
         keys, cuts = [], []
         for dims, arr in zip(self.labels.var_dims, self.arrays):
             cut = BlockCut.of(plan, dims, arr.shape, arr.chunks)
