@@ -9,6 +9,11 @@ the books.
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+import tempfile
+import weakref
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -48,7 +53,9 @@ class Accumulator:
         self.placement = Placement(plan.layout, plan.weights)
         self.custom = not plan.weights.separable
         self.zero_weights = plan.weights.has_zeros  # (a custom weight is checked per patch)
-        self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}
+        self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}  # open, in memory
+        # open chunks beyond the memory budget wait on disk (several chunks only)
+        self.spill = Spill(memory_budget()) if not plan.layout.single else None
         self.buffer_bytes = 0  # of the largest chunk's buffers
         self.weight_sums: dict[ChunkPosition, np.ndarray] = {}  # custom weights only
         self._colour_counts: list[int] | None = None
@@ -76,6 +83,8 @@ class Accumulator:
 
         ``partial``: copies, leaving the chunk open; else the chunk's buffers are freed.
         """
+        if self.spill is not None and cpos in self.spill:
+            self._load(cpos)
         if partial:
             held = self.buffers.get(cpos)
             buffers = {k: v.copy() for k, v in held.items()} if held else self.new(cpos)
@@ -83,6 +92,25 @@ class Accumulator:
             return buffers, None if weight_sum is None else weight_sum.copy()
         buffers = self.buffers.pop(cpos, None) or self.new(cpos)
         return buffers, self.weight_sums.pop(cpos, None)
+
+    def _open(self, cpos: ChunkPosition) -> dict[Hashable, np.ndarray]:
+        """The buffers of chunk ``cpos`` in memory: back from disk, or new. Others go to
+        disk when the open chunks would pass the memory budget."""
+        if self.spill is not None:
+            if cpos in self.spill:
+                return self._load(cpos)
+            self.spill.make_room(self, cpos)
+        buffers = self.buffers[cpos] = self.new(cpos)
+        return buffers
+
+    def _load(self, cpos: ChunkPosition) -> dict[Hashable, np.ndarray]:
+        assert self.spill is not None
+        self.spill.make_room(self, cpos)
+        buffers, weight_sum = self.spill.load(cpos)
+        self.buffers[cpos] = buffers
+        if weight_sum is not None:
+            self.weight_sums[cpos] = weight_sum
+        return buffers
 
     def add_single(self, position: tuple[int, ...], data: np.ndarray, background: bool) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -151,7 +179,7 @@ class Accumulator:
             parts = self.placement.parts(window.position, cpos)
             buffers = self.buffers.get(cpos)
             if buffers is None:
-                buffers = self.buffers[cpos] = self.new(cpos)
+                buffers = self._open(cpos)
             if custom_weight is not None:
                 part_weight = custom_weight[tuple(pt[0] for pt in parts)]
                 if cpos not in self.weight_sums:
@@ -192,3 +220,74 @@ class Accumulator:
                     if not weights[0].all():
                         part = np.where(weights[0] == 0, np.zeros((), part.dtype), part)
                 self.blender(buf[dst], part, weights, background)
+
+
+def memory_budget() -> int:
+    """Bytes the open chunks' buffers may take in memory: ``XPATCH_MEMORY_BUDGET``
+    (bytes, or with a unit: ``"512MB"``, ``"2GiB"``), default 1 GiB."""
+    raw = os.environ.get("XPATCH_MEMORY_BUDGET", "").strip()
+    if not raw:
+        return 1 << 30
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}  # fmt: skip
+    number = raw.rstrip("BbIiKkMmGgTt ")
+    unit = raw[len(number) :].strip().upper()
+    try:
+        value = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise ValueError(
+            f"XPATCH_MEMORY_BUDGET must be a number of bytes (e.g. 2GiB), got {raw!r}"
+        ) from None
+    return max(int(value), 0)
+
+
+class Spill:
+    """Open chunks' partial sums kept on disk while the run works elsewhere.
+
+    Final weights make partial sums additive: a chunk's buffers can be written out,
+    read back when the next window touching it comes, and added to, with the same
+    result. The least recently used open chunks go to disk (a scratch folder, removed
+    when the run is over) whenever the open chunks would take more than ``budget``
+    bytes. Peak memory: ``budget`` plus one chunk's buffers plus the patches in flight.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.files: dict[ChunkPosition, str] = {}
+        self.folder: str | None = None
+        self.count = 0  # chunks written out, for tests and reports
+
+    def __contains__(self, cpos: object) -> bool:
+        return cpos in self.files
+
+    def make_room(self, acc: Accumulator, keep: ChunkPosition) -> None:
+        """Write the least recently opened chunks to disk until one more chunk fits."""
+        held = sum(b.nbytes for bufs in acc.buffers.values() for b in bufs.values())
+        per_chunk = max(acc.buffer_bytes, 1)
+        for cpos in list(acc.buffers):
+            if held + per_chunk <= self.budget:
+                break
+            if cpos == keep:
+                continue
+            buffers = acc.buffers.pop(cpos)
+            held -= sum(b.nbytes for b in buffers.values())
+            self._write(cpos, buffers, acc.weight_sums.pop(cpos, None))
+
+    def _write(
+        self, cpos: ChunkPosition, buffers: dict[Hashable, np.ndarray], weight_sum: Any
+    ) -> None:
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="xpatch-spill-")
+            weakref.finalize(self, shutil.rmtree, self.folder, True)
+        path = os.path.join(self.folder, "_".join(map(str, cpos)) + ".pkl")
+        with open(path, "wb") as f:
+            pickle.dump((buffers, weight_sum), f, protocol=pickle.HIGHEST_PROTOCOL)
+        self.files[cpos] = path
+        self.count += 1
+
+    def load(self, cpos: ChunkPosition) -> tuple[dict[Hashable, np.ndarray], Any]:
+        path = self.files.pop(cpos)
+        with open(path, "rb") as f:
+            buffers, weight_sum = pickle.load(f)
+        os.remove(path)
+        return buffers, weight_sum
