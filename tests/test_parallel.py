@@ -36,7 +36,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xpatch  # noqa: F401  (registers the accessor)
-from xpatch import Window
 
 BORDERS = ("squeeze", "edge", "adaptive", "crop", "pad")
 PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
@@ -61,11 +60,13 @@ class Counter:
     def __init__(self, func=lambda p: p * 2.0 + 1.0):
         self.func = func
         self.calls = 0
+        self.patches = 0  # windows seen (a batch counts its windows)
         self._lock = threading.Lock()
 
     def __call__(self, patch):
         with self._lock:
             self.calls += 1
+            self.patches += patch.sizes.get("patch", 1)
         return self.func(patch)
 
 
@@ -94,34 +95,22 @@ def image(shape=(48, 40), dims=("y", "x"), seed=0, dtype=np.float32, name="img")
 
 
 def graph_of(result):
-    """Tasks of a lazy result: (dict of all tasks, patch keys, block keys)."""
+    """Tasks of a lazy result: (dict of all tasks, group keys, block keys).
+
+    A group task computes a box of windows (the windows whose first touched output
+    block is its block); a block task finishes one output block.
+    """
     dsk = dict(result.data.__dask_graph__())
-    patch = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("xpatch-patch-")]
+    group = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("xpatch-group-")]
     block = [k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("xpatch-block-")]
-    return dsk, patch, block
+    return dsk, group, block
 
 
-def windows_in(task):
-    """Every Window among a task's arguments (searched through specs, lists, tuples)."""
-    found, seen = [], set()
-
-    def walk(obj, depth=0):
-        if depth > 4 or id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, Window):
-            found.append(obj)
-        elif isinstance(obj, (list, tuple)):
-            for o in obj:
-                walk(o, depth + 1)
-        elif hasattr(obj, "windows"):
-            walk(list(obj.windows), depth + 1)
-        elif hasattr(obj, "args"):  # a dask Task object
-            walk(list(obj.args), depth + 1)
-
-    walk(task)
-    unique = {w.index: w for w in found}
-    return [unique[i] for i in sorted(unique)]
+def windows_in(task, grid):
+    """The windows a group task computes (its box of grid positions)."""
+    args = list(task.args) if hasattr(task, "args") else list(task[1:])
+    (ranges,) = [a for a in args if isinstance(a, tuple) and a and isinstance(a[0], range)]
+    return [grid[grid.index_of(p)] for p in itertools.product(*ranges)]
 
 
 def edges_of(chunks):
@@ -246,79 +235,85 @@ def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks):
     kw = {"border": border, "pad_mode": pad_mode} if pad_mode else {"border": border}
     out = da.patch.apply(lambda p: p, y=12, x=9, step=7, **kw)
     grid = da.patch.grid(y=12, x=9, step=7, **kw)
-    dsk, patch_keys, block_keys = graph_of(out)
-    assert len(patch_keys) == len(grid)
-    assert {k[0] for k in patch_keys} == {patch_keys[0][0]}
-
-    # each patch task: exactly one window, and only the input blocks that window reads
+    dsk, group_keys, block_keys = graph_of(out)
+    # each window in exactly one group task; a group task reads only the input blocks
+    # its windows read
     input_name = da.data.name
     in_edges = {d: edges_of(c) for d, c in zip(da.dims, da.chunks)}
-    window_of = {}
-    for key in patch_keys:
-        (window,) = windows_in(dsk[key])
-        window_of[key] = window
+    windows_of = {}
+    for key in group_keys:
+        windows = windows_in(dsk[key], grid)
+        windows_of[key] = windows
         deps = get_dependencies(dsk, key)
         inputs = {k for k in deps if isinstance(k, tuple) and k[0] == input_name}
         others = deps - inputs
-        # anything else must be a constant (func), never data or other tasks
+        # anything else must be a constant (func, the plan), never data or other tasks
         for k in others:
-            assert not isinstance(k, tuple), (window, k)
+            assert not isinstance(k, tuple), (key, k)
             assert not get_dependencies(dsk, k)
-        per_dim = []
-        for d in da.dims:
-            if d in grid.dims:
-                idx = read_indices(window[d], da.sizes[d], border, pad_mode)
-                per_dim.append(sorted(blocks_hit(idx, in_edges[d])))
-            else:
-                per_dim.append(range(len(in_edges[d]) - 1))
-        expected = {(input_name, *b) for b in itertools.product(*per_dim)}
+        expected = set()
+        for window in windows:
+            per_dim = []
+            for d in da.dims:
+                if d in grid.dims:
+                    idx = read_indices(window[d], da.sizes[d], border, pad_mode)
+                    per_dim.append(sorted(blocks_hit(idx, in_edges[d])))
+                else:
+                    per_dim.append(range(len(in_edges[d]) - 1))
+            expected |= {(input_name, *b) for b in itertools.product(*per_dim)}
         extra = sorted(k[1:] for k in inputs - expected)
         missing = sorted(k[1:] for k in expected - inputs)
-        assert not extra and not missing, f"{window!r}: extra {extra}, missing {missing}"
-    assert sorted(w.index for w in window_of.values()) == list(range(len(grid)))
+        assert not extra and not missing, f"{key}: extra {extra}, missing {missing}"
+    indices = sorted(w.index for ws in windows_of.values() for w in ws)
+    assert indices == list(range(len(grid)))
+    # O(blocks): at most one group task per output block
+    assert len(group_keys) <= len(block_keys)
 
-    # each block task: only the patch tasks whose windows touch the block
+    # each block task: only the group tasks whose windows touch the block
     out_edges = {d: edges_of(c) for d, c in zip(out.dims, out.chunks)}
     assert len(block_keys) == math.prod(len(out_edges[d]) - 1 for d in grid.dims)
     for key in block_keys:
         cpos = dict(zip(grid.dims, key[1:]))
         deps = get_dependencies(dsk, key)
-        patches = {k for k in deps if k in window_of}
-        for k in deps - patches:
+        groups = {k for k in deps if k in windows_of}
+        for k in deps - groups:
             assert not isinstance(k, tuple), (key, k)  # no input block, no other block
             assert not get_dependencies(dsk, k)
         expected = set()
-        for w in grid:
-            touches = True
-            for d in grid.dims:
-                e0, e1 = out_edges[d][cpos[d]], out_edges[d][cpos[d] + 1]
-                lo, hi = max(w[d].start, 0), min(w[d].stop, da.sizes[d])
-                touches &= lo < e1 and hi > e0
-            if touches:
-                expected.add(w.index)
-        assert {window_of[k].index for k in patches} == expected, key
+        for g, ws in windows_of.items():
+            for w in ws:
+                touches = True
+                for d in grid.dims:
+                    e0, e1 = out_edges[d][cpos[d]], out_edges[d][cpos[d] + 1]
+                    lo, hi = max(w[d].start, 0), min(w[d].stop, da.sizes[d])
+                    touches &= lo < e1 and hi > e0
+                if touches:
+                    expected.add(g)
+        assert groups == expected, key
 
 
-def test_batched_graph_has_one_task_per_batch():
+def test_batched_graph_has_one_task_per_group_of_windows():
+    """With batches the graph is the same: a task per output block that windows start
+    in (the batches are made inside it), every window in exactly one."""
     da = image((40, 40)).chunk(10)
     out = da.patch.apply(lambda b: b, y=8, x=8, step=4, batch_size=5)
     grid = da.patch.grid(y=8, x=8, step=4)
-    dsk, patch_keys, _ = graph_of(out)
-    per_task = [windows_in(dsk[k]) for k in patch_keys]
-    assert all(1 <= len(ws) <= 5 for ws in per_task)
-    assert len(patch_keys) == math.ceil(len(grid) / 5)
+    dsk, group_keys, block_keys = graph_of(out)
+    per_task = [windows_in(dsk[k], grid) for k in group_keys]
+    assert len(group_keys) <= len(block_keys)
     assert sorted(w.index for ws in per_task for w in ws) == list(range(len(grid)))
+    xr.testing.assert_allclose(out.compute(), da.patch.apply(lambda b: b, y=8, x=8, step=4))
 
 
 def test_graph_size_grows_linearly():
     def n_tasks(ny):
         da = image((ny, 64)).chunk(16)
         out = da.patch.apply(lambda p: p, y=16, x=16, step=8)
-        dsk, patch_keys, block_keys = graph_of(out)
-        return len(dsk), len(patch_keys), len(block_keys)
+        dsk, group_keys, block_keys = graph_of(out)
+        return len(dsk), len(group_keys), len(block_keys)
 
     small, big = n_tasks(128), n_tasks(256)
-    assert 1.9 <= big[1] / small[1] <= 2.1  # patches
+    assert 1.9 <= big[1] / small[1] <= 2.1  # groups of patches
     assert big[2] == 2 * small[2]  # blocks
     assert 1.8 <= big[0] / small[0] <= 2.2  # all tasks
 
@@ -360,8 +355,7 @@ def test_every_patch_is_computed_once(batch_size):
     out = da.patch.apply(func, y=32, x=20, step=8, batch_size=batch_size)
     assert func.calls == 1  # the dry run
     out.compute(scheduler="threads")
-    n_calls = len(grid) if batch_size is None else math.ceil(len(grid) / batch_size)
-    assert func.calls == n_calls + 1
+    assert func.patches == len(grid) + 1  # every window once, and the dry run
 
 
 def test_one_block_computes_only_the_patches_touching_it():
@@ -371,8 +365,11 @@ def test_one_block_computes_only_the_patches_touching_it():
     out = da.patch.apply(func, y=16, x=16, step=8)
     func.calls = 0
     out.isel(y=slice(0, 20), x=slice(20, 40)).compute(scheduler="threads")
-    touching = [w for w in grid if w["y"].start < 20 and w["x"].start < 40 and w["x"].stop > 20]
-    assert func.calls == len(touching)
+    # the windows computed are those of the groups that reach the block: windows that
+    # start in it, or in the block before it along x (which reach into it)
+    groups = [w for w in grid if w["y"].start < 20 and w["x"].start < 40]
+    touching = [w for w in groups if w["x"].stop > 20]
+    assert len(touching) <= func.calls == len(groups) < len(grid)
 
 
 # --- dask == eager -----------------------------------------------------------------------

@@ -90,6 +90,18 @@ class Sampler:
             return fast.batch(windows, batch_dim)
         return stack([self(w) for w in windows], windows, batch_dim)
 
+    def axis_indexer(self, i: int, p: int) -> Any:
+        """The indexer along grid axis ``i`` of the windows at position ``p`` on it (as
+        in :meth:`plan`: a slice, or integer positions where the window is padded)."""
+        ax = self.grid.axes[i]
+        start = int(ax.starts[p])
+        stop = start + int(ax.sizes[p])
+        if start >= 0 and stop <= ax.length:
+            return slice(start, stop)
+        b = self._before[ax.dim]
+        raw = self._maps[ax.dim][start + b : stop + b]
+        return np.clip(raw, 0, ax.length - 1) if self._constant else raw
+
     def plan(self, window: Window) -> CutPlan:
         """How to cut ``window``: per-dim indexers, constant-pad masks, replaced coords.
 

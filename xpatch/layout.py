@@ -131,16 +131,16 @@ class ChunkLayout:
         self.edges = [by_dim[d] for d in grid.dims]
         self.shape: ChunkPosition = tuple(len(e) - 1 for e in self.edges)
         # per axis and window position: the first chunk touched and the one past the last
-        self._first: list[np.ndarray] = []
-        self._stop: list[np.ndarray] = []
+        self.first: list[np.ndarray] = []
+        self.stop: list[np.ndarray] = []
         for ax, edges in zip(grid.axes, self.edges):
             lo = np.clip(ax.starts, 0, ax.length)
             hi = np.clip(ax.stops, 0, ax.length)
-            self._first.append(np.searchsorted(edges, lo, side="right") - 1)
-            self._stop.append(np.searchsorted(edges, hi, side="left"))
+            self.first.append(np.searchsorted(edges, lo, side="right") - 1)
+            self.stop.append(np.searchsorted(edges, hi, side="left"))
         # plain-int copies for the per-window hot path
-        self._first_int = [f.tolist() for f in self._first]
-        self._stop_int = [s.tolist() for s in self._stop]
+        self._first_list = [f.tolist() for f in self.first]
+        self._stop_list = [s.tolist() for s in self.stop]
 
     @property
     def single(self) -> bool:
@@ -159,7 +159,7 @@ class ChunkLayout:
     def waiting(self) -> np.ndarray:
         """Per chunk, how many windows touch it (what a chunk waits for before it is done)."""
         counts = np.ones((), dtype=np.int64)
-        for first, stop, n in zip(self._first, self._stop, self.shape):
+        for first, stop, n in zip(self.first, self.stop, self.shape):
             diff = np.zeros(n + 1, dtype=np.int64)
             np.add.at(diff, first, 1)
             np.add.at(diff, stop, -1)
@@ -170,7 +170,7 @@ class ChunkLayout:
         """The chunks the window at grid ``position`` touches."""
         ranges = [
             range(first[p], stop[p])
-            for first, stop, p in zip(self._first_int, self._stop_int, position)
+            for first, stop, p in zip(self._first_list, self._stop_list, position)
         ]
         return itertools.product(*ranges)
 
@@ -181,7 +181,7 @@ class ChunkLayout:
         order: every chunk is finished once the windows of its group are in.
         """
         key = np.zeros((), dtype=np.int64)
-        for first, n in zip(self._first, self.shape):
+        for first, n in zip(self.first, self.shape):
             key = np.add.outer(key * n, first)
         return np.argsort(key.ravel(), kind="stable")
 
@@ -226,8 +226,8 @@ class ChunkLayout:
         total = np.pad((~done).astype(np.int64), [(1, 0)] * done.ndim)
         for axis in range(done.ndim):
             total = np.cumsum(total, axis=axis)
-        lo = np.meshgrid(*self._first, indexing="ij")
-        hi = np.meshgrid(*self._stop, indexing="ij")
+        lo = np.meshgrid(*self.first, indexing="ij")
+        hi = np.meshgrid(*self.stop, indexing="ij")
         count = np.zeros(lo[0].shape, dtype=np.int64) if lo else np.zeros((), np.int64)
         for corner in itertools.product((0, 1), repeat=done.ndim):
             index = tuple(b if c else a for c, a, b in zip(corner, lo, hi))

@@ -1,21 +1,28 @@
 """The dask path: ``apply`` on dask-backed input builds a lazy graph.
 
-The graph is built directly, without ``map_overlap``:
+The graph is built directly, without ``map_overlap``, two tasks per output block:
 
-- one *patch task* per window (or per batch of windows) depends only on the
-  input blocks the window reads, assembles the patch from them and calls
-  ``func``;
-- one *block task* per output block depends only on the patch tasks whose
-  windows touch the block, blends them with their final (separably normalised)
-  weights, fills, applies ``on_chunk`` and returns the block.
+- a *group task* computes the windows whose first touched output block is its
+  block (each window exactly once). It depends only on the input blocks those
+  windows read, cuts each patch from them (:class:`~xpatch._sampling.BlockCut`),
+  calls ``func`` (in batches if asked) and adds the weighted results to partial
+  sums: the whole of its own block, and the thin parts of the neighbouring blocks
+  its windows reach into. Final weights (separable normalisation) make partial sums
+  additive.
+- a *block task* sums the partial sums from the group tasks whose windows touch its
+  block (its own and its lower neighbours'), fills, applies ``on_chunk`` and returns
+  the block.
 
-So every patch is computed once, however many blocks it touches; the graph
-grows linearly with patches + blocks; and no task holds the full array. The
-same graph runs on the threaded scheduler or a ``dask.distributed`` cluster.
+The graph has O(blocks) tasks, each described by a few numbers (the per-window
+cuts are made inside the tasks), so it does not grow with the number of patches;
+the big partial sum stays with its block task, only the thin overlaps move; and
+no task holds the full array. The same graph runs on the threaded scheduler or a
+``dask.distributed`` cluster.
 """
 
 from __future__ import annotations
 
+import itertools
 import operator
 import uuid
 import warnings
@@ -26,11 +33,22 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xpatch._accumulate import Accumulator
 from xpatch._apply import _BatchWhere, _call, batches, unbatch
+from xpatch._blend import Blender
+from xpatch._finish import ChunkFinisher
 from xpatch._locate import align
 from xpatch._options import ApplyOptions
 from xpatch._plan import BlendPlan
-from xpatch._sampling import BlockCut, Sampler, SourceLabels, cut_coords, stack
+from xpatch._sampling import (
+    BlockCut,
+    CutPlan,
+    Sampler,
+    SourceLabels,
+    _axis_pieces,
+    cut_coords,
+    stack,
+)
 from xpatch._sinks import CaptureSink
 from xpatch._structure import (
     Meta,
@@ -44,7 +62,7 @@ from xpatch._structure import (
 )
 from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
-from xpatch.layout import ChunkLayout
+from xpatch.layout import ChunkLayout, Tally
 
 
 def is_dask_backed(obj: xr.DataArray | xr.Dataset) -> bool:
@@ -70,96 +88,195 @@ def default_chunks(
 
 
 @dataclass(frozen=True)
-class PatchTask:
-    """What one patch task needs besides the input blocks (opaque to dask).
+class _Shared:
+    """What every task of one graph needs (one object in the graph, sent once)."""
 
-    One entry per window in ``windows``; per variable of the source, the cut of
-    its blocks (see :class:`~xpatch._sampling.BlockCut`).
-    """
-
-    source: SourceLabels
-    windows: list[Window]
-    coords: list[dict[Hashable, xr.Variable]]
-    cuts: list[list[BlockCut]]
-    batch_dim: Hashable | None
-    output_dims: tuple[Hashable, ...] | None
-    batch_output_dims: tuple[Hashable, ...] | None
+    plan: BlendPlan
+    spec: ResultSpec
+    labels: SourceLabels
+    sampler: Sampler  # over the source's coordinates only: plans cuts, never reads data
+    chunks: list[tuple[tuple[int, ...], ...]]  # per variable: its dask chunks
+    options: ApplyOptions
     reference: dict[Hashable, np.ndarray]  # non-spatial labels every result must have
 
 
-def _patch_task(func: Callable[[Any], Any], task: PatchTask, *blocks: Any) -> list[Variables]:
-    """Assemble the patches of a task, call ``func``, return one result per window."""
-    labels = task.source
-    n_vars = len(labels.var_names)
-    patches = [
-        labels.patch(
-            task.coords[i],
-            [task.cuts[i][k].read(blocks[i * n_vars + k]) for k in range(n_vars)],
+def _group_task(
+    func: Callable[[Any], Any],
+    shared: _Shared,
+    ranges: tuple[range, ...],
+    block_ids: list[list[tuple[int, ...]]],
+    area: tuple[dict[Hashable, int], xr.Dataset] | None,
+    *blocks: np.ndarray,
+) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
+    """Compute the windows at the grid positions in ``ranges``; return partial sums.
+
+    ``blocks`` are the input blocks the windows read, per variable in the order of
+    ``block_ids``; ``area``: the coordinates with several spatial dims (2-D lat/lon)
+    over the part of the source the windows read, and where that part starts. Returns,
+    per output block touched, the box of it the windows reach (spatial slices within
+    the block) and the weighted sums there (and the summed custom weights).
+    """
+    plan, spec, labels = shared.plan, shared.spec, shared.labels
+    grid, layout = plan.grid, plan.layout
+    found: list[dict[tuple[int, ...], np.ndarray]] = []
+    it = iter(blocks)
+    for ids in block_ids:
+        found.append({key: next(it) for key in ids})
+    windows = [grid[grid.index_of(p)] for p in itertools.product(*ranges)]
+    acc = Accumulator(plan, Blender(threads=1), spec)
+    tally = Tally(len(grid), np.zeros(layout.shape, dtype=np.int64))
+    options = shared.options
+
+    def patch(window: Window) -> Any:
+        cut = shared.sampler.plan(window)
+        data = []
+        for k, (dims, chunks) in enumerate(zip(labels.var_dims, shared.chunks)):
+            shape = tuple(sum(c) for c in chunks)
+            block_cut = BlockCut.of(cut, dims, shape, chunks)
+            data.append(block_cut.read(_fill_keys(block_cut.keys(k), found[k])))
+        coords = cut_coords(shared.sampler.obj, cut)
+        if area is not None:
+            start, multi = area
+            local = {d: _shift(ix, -start[d]) for d, ix in cut.indexers.items()}
+            coords.update(cut_coords(multi, CutPlan(local, [], {})))
+        return labels.patch(coords, data)
+
+    def add(window: Window, variables: Variables) -> None:
+        spatial_check(variables, dict(zip(grid.dims, window.shape)), What(window))
+        spec.check(variables, What(window))
+        acc.add(window, variables, list(layout.touched(window.position)), tally)
+
+    if options.batch_size is None:
+        for window in windows:
+            result = _call(func, patch(window), window)
+            if isinstance(result, (xr.DataArray, xr.Dataset)):
+                coords = result.coords
+                expected = {
+                    d: np.asarray(coords[d].values)
+                    for d in labels.spatial
+                    if d in coords and coords[d].dims == (d,)
+                }
+                expected = {
+                    d: v for d, v in _window_labels(shared, window).items() if d in expected
+                }
+                result = align(result, {**expected, **shared.reference}, What(window))
+            variables, _ = split(
+                result,
+                spatial=labels.spatial,
+                default_dims=labels.default_dims,
+                output_dims=options.blend.output_dims,
+                what=What(window),
+                default_sizes=labels.sizes,
+            )
+            add(window, variables)
+    else:
+        batch_dim = options.batch_dim
+        default = (batch_dim, *labels.default_dims) if labels.default_dims else None
+        for group in batches(windows, options.batch_size):
+            where = _BatchWhere(group)
+            result = _call(func, stack([patch(w) for w in group], group, batch_dim), where)
+            if isinstance(result, (xr.DataArray, xr.Dataset)):
+                result = align(result, shared.reference, f"func's result for {where}")
+            unbatched = unbatch(
+                result,
+                len(group),
+                batch_dim,
+                default,
+                options.batch_output_dims,
+                str(where),
+                labels.sizes,
+            )
+            for window, (variables, _) in zip(group, unbatched):
+                add(window, variables)
+    return _partials(acc, windows)
+
+
+def _partials(
+    acc: Accumulator, windows: Sequence[Window]
+) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
+    """Cut each touched block's sums to the box the windows reach (copies: the thin
+    overlaps are all that travels to the neighbouring block tasks)."""
+    layout = acc.plan.layout
+    spec = acc.spec
+    assert spec is not None
+    lo = np.min([[s.start for s in w.slices] for w in windows], axis=0)
+    hi = np.max([[s.stop for s in w.slices] for w in windows], axis=0)
+    out = {}
+    for cpos, buffers in acc.buffers.items():
+        region = list(layout.region(cpos).values())
+        box = tuple(
+            slice(max(int(a), r.start) - r.start, min(int(b), r.stop) - r.start)
+            for a, b, r in zip(lo, hi, region)
         )
-        for i in range(len(task.windows))
-    ]
-    if task.batch_dim is None:
-        window = task.windows[0]
-        result = _call(func, patches[0], window)
-        if isinstance(result, (xr.DataArray, xr.Dataset)):
-            coords = task.coords[0]
-            expected = {
-                d: np.asarray(coords[d].values)
-                for d in labels.spatial
-                if d in coords and coords[d].dims == (d,)
-            }
-            result = align(result, {**expected, **task.reference}, What(window))
-        variables, _ = split(
-            result,
-            spatial=labels.spatial,
-            default_dims=labels.default_dims,
-            output_dims=task.output_dims,
-            what=What(window),
-            default_sizes=labels.sizes,
-        )
-        return [variables]
-    where = _BatchWhere(task.windows)
-    result = _call(func, stack(patches, task.windows, task.batch_dim), where)
-    if isinstance(result, (xr.DataArray, xr.Dataset)):
-        result = align(result, task.reference, f"func's result for {where}")
-    default = (task.batch_dim, *labels.default_dims) if labels.default_dims else None
-    unbatched = unbatch(
-        result,
-        len(task.windows),
-        task.batch_dim,
-        default,
-        task.batch_output_dims,
-        str(where),
-        labels.sizes,
-    )
-    return [v for v, _ in unbatched]
+        cut = {}
+        for name, buf in buffers.items():
+            index = [slice(None)] * buf.ndim
+            for ax, sl in zip(spec.axes[name], box):
+                index[ax] = sl
+            cut[name] = buf[tuple(index)].copy()
+        weight_sum = acc.weight_sums.get(cpos)
+        out[cpos] = (box, cut, None if weight_sum is None else weight_sum[box].copy())
+    return out
 
 
 def _block_task(
-    plan: BlendPlan,
-    spec: ResultSpec,
+    shared: _Shared,
     cpos: tuple[int, ...],
     template: xr.Dataset | None,
-    windows: Sequence[Window],
-    where: Sequence[tuple[int, int]],
     order: Mapping[Hashable, tuple[Hashable, ...]],
-    *task_results: list[Any],
+    *partials: dict[tuple[int, ...], Any],
 ) -> dict[Hashable, np.ndarray]:
-    """Blend the patch results touching one output block; return its arrays."""
-    sink = CaptureSink()
-    agg = Aggregator.from_plan(
-        plan, _EMPTY, sink, spec=spec, threads=1, chunk_template=template
-    )  # dask runs blocks in parallel already: one thread each
-    for window, (t, j) in zip(windows, where):
-        agg.add_variables(window, task_results[t][j], spec.meta, only=cpos)
-    agg.finish_chunk(cpos)
+    """Sum the partial sums of one output block, finish it and return its arrays."""
+    plan, spec = shared.plan, shared.spec
+    acc = Accumulator(plan, Blender(threads=1), spec)
+    buffers = acc.new(cpos)
+    weight_sum = None
+    for part in partials:
+        if cpos not in part:
+            continue
+        box, sums, ws = part[cpos]
+        for name, data in sums.items():
+            index = [slice(None)] * buffers[name].ndim
+            for ax, sl in zip(spec.axes[name], box):
+                index[ax] = sl
+            buffers[name][tuple(index)] += data
+        if ws is not None:
+            if weight_sum is None:
+                weight_sum = np.zeros(plan.layout.chunk_shape(cpos), dtype=ws.dtype)
+            weight_sum[box] += ws
+    if not plan.weights.separable and weight_sum is None:
+        weight_sum = np.zeros(plan.layout.chunk_shape(cpos), dtype=np.float32)
+    finisher = ChunkFinisher(plan, _EMPTY, shared.labels.name)
+    finisher.chunk_template = template
+    variables, _ = finisher(cpos, buffers, spec, weight_sum, None)
     return {
         name: np.moveaxis(data, [dims.index(d) for d in order[name]], range(len(dims)))
-        for name, (dims, data) in sink.variables.items()
+        for name, (dims, data) in variables.items()
     }
 
 
 _EMPTY = xr.Dataset()
+
+
+def _shift(ix: Any, by: int) -> Any:
+    return slice(ix.start + by, ix.stop + by) if isinstance(ix, slice) else ix + by
+
+
+def _fill_keys(nested: Any, found: Mapping[tuple[int, ...], np.ndarray]) -> Any:
+    """Block keys ``(k, *index)`` in a nested list replaced by the blocks."""
+    if isinstance(nested, tuple):
+        return found[tuple(nested[1:])]
+    return [_fill_keys(sub, found) for sub in nested]
+
+
+def _window_labels(shared: _Shared, window: Window) -> dict[Hashable, np.ndarray]:
+    """The dim coordinate values of ``window``'s patch (extrapolated where padded)."""
+    coords = cut_coords(shared.sampler.obj, shared.sampler.plan(window))
+    return {
+        d: np.asarray(coords[d].values)
+        for d in window.dims
+        if d in coords and coords[d].dims == (d,)
+    }
 
 
 class _GraphBuilder:
@@ -180,51 +297,18 @@ class _GraphBuilder:
         self.plan = BlendPlan.make(grid, options.blend, self.layout)
         self.labels = SourceLabels.of(obj, grid.dims)
         self.arrays = [v.data for v in data_variables(obj)]
-        self.skeleton = xr.Dataset(coords=obj.coords)
-        self.sampler = Sampler(self.skeleton, grid)
+        # coordinates along at most one spatial dim go to every task; those along several
+        # (2-D lat/lon) only as the part each task reads
+        spatial = set(grid.dims)
+        several = {k for k, c in obj.coords.items() if len(spatial & set(c.dims)) > 1}
+        self.multi = xr.Dataset(coords={k: obj.coords[k] for k in several})
+        self.sampler = Sampler(xr.Dataset(coords=obj.coords).drop_vars(several), grid)
         token = uuid.uuid4().hex[:12]
         self.token = token
         self.func_key = f"xpatch-func-{token}"
-        self.plan_key = f"xpatch-plan-{token}"
-        self.patch_name = f"xpatch-patch-{token}"
+        self.shared_key = f"xpatch-plan-{token}"
+        self.group_name = f"xpatch-group-{token}"
         self.block_name = f"xpatch-block-{token}"
-
-    def cut(self, window: Window) -> tuple[list[Any], list[BlockCut], dict[Hashable, Any]]:
-        """The block keys and cuts of every variable for ``window``, and its coords."""
-        plan = self.sampler.plan(window)
-        coords = cut_coords(self.skeleton, plan)
-        keys, cuts = [], []
-        for dims, arr in zip(self.labels.var_dims, self.arrays):
-            cut = BlockCut.of(plan, dims, arr.shape, arr.chunks)
-            keys.append(cut.keys(arr.name))
-            cuts.append(cut)
-        return keys, cuts, coords
-
-    def task(
-        self,
-        windows: list[Window],
-        batched: bool,
-        reference: dict[Hashable, np.ndarray] | None = None,
-    ) -> tuple[PatchTask, list[Any]]:
-        """The patch task of ``windows`` and the input block keys it reads."""
-        all_keys, cuts, coords = [], [], []
-        for window in windows:
-            keys, cut, crd = self.cut(window)
-            all_keys.extend(keys)
-            cuts.append(cut)
-            coords.append(crd)
-        options = self.options
-        task = PatchTask(
-            source=self.labels,
-            windows=windows,
-            coords=coords,
-            cuts=cuts,
-            batch_dim=options.batch_dim if batched else None,
-            output_dims=options.blend.output_dims,
-            batch_output_dims=options.batch_output_dims,
-            reference=reference or {},
-        )
-        return task, all_keys
 
     def learn_layout(self) -> tuple[ResultSpec, Variables, Meta]:
         """The layout of ``func``'s result and of the blended output, from one dry call.
@@ -234,13 +318,16 @@ class _GraphBuilder:
         once on a zero chunk.
         """
         first = self.grid[0]
-        task, _ = self.task([first], self.options.batch_size is not None)
+        cut = self.sampler.plan(first)
         zeros = [
-            np.zeros(cut.shape, dtype=arr.dtype) for cut, arr in zip(task.cuts[0], self.arrays)
+            np.zeros(BlockCut.of(cut, v.dims, v.shape, v.chunks).shape, dtype=v.dtype)  # type: ignore[arg-type]
+            for v in data_variables(self.obj)
         ]
         try:
-            variables, meta = self._dry_call(task.source.patch(task.coords[0], zeros))
-        except Exception:
+            variables, meta = self._dry_call(
+                self.labels.patch(cut_coords(self.sampler.obj, cut), zeros)
+            )
+        except Exception:  # a func may refuse an all-zero patch: try the real one
             try:
                 variables, meta = self._dry_call(Sampler(self.obj, self.grid)(first).compute())
             except Exception as err:
@@ -286,56 +373,55 @@ class _GraphBuilder:
                 what=f"the result for {first!r}",
             )
 
-    def patch_tasks(self, dsk: dict[Any, Any], spec: ResultSpec) -> dict[int, tuple[int, int]]:
-        """Add the patch tasks (windows grouped so that batches share output blocks);
-        return where each window's result is: (task, position in the task)."""
-        grid, batch_size = self.grid, self.options.batch_size
-        ordered = (grid[int(i)] for i in self.layout.order())
-        groups = (
-            [[w] for w in ordered] if batch_size is None else list(batches(ordered, batch_size))
-        )
-        # the non-spatial labels of the first result: every result must have them
-        reference = {
-            name: np.asarray(var.values)
-            for name, var in spec.meta.coords.items()
-            if var.dims == (name,) and name not in grid.dims
-        }
-        location: dict[int, tuple[int, int]] = {}
-        for t, group in enumerate(groups):
-            task, keys = self.task(group, batch_size is not None, reference)
-            dsk[(self.patch_name, t)] = (_patch_task, self.func_key, task, *keys)
-            for j, window in enumerate(group):
-                location[window.index] = (t, j)
-        return location
-
-    def block_tasks(
-        self,
-        dsk: dict[Any, Any],
-        location: Mapping[int, tuple[int, int]],
-        spec: ResultSpec,
-        order: Mapping[Hashable, tuple[Hashable, ...]],
-    ) -> None:
-        """Add one block task per output block, on the patch tasks touching it."""
-        template = xr.Dataset(coords=self.obj.coords, attrs=self.obj.attrs)
-        on_chunk = self.options.blend.on_chunk is not None
-        dsk[self.plan_key] = self.plan
+    def _group_ranges(self) -> dict[tuple[int, ...], tuple[range, ...]]:
+        """Per output block, the grid positions of the windows whose first touched block
+        it is (a box of positions; blocks no window starts in have none)."""
+        per_axis = []
+        for first, n in zip(self.layout.first, self.layout.shape):
+            bounds = np.searchsorted(first, np.arange(n + 1))
+            per_axis.append([range(int(a), int(b)) for a, b in itertools.pairwise(bounds)])
+        groups = {}
         for cpos in self.layout.chunks():
-            windows = self.layout.windows_touching(cpos)
-            tasks = sorted({location[w.index][0] for w in windows})
-            slot = {t: k for k, t in enumerate(tasks)}
-            where = [(slot[location[w.index][0]], location[w.index][1]) for w in windows]
-            region = self.layout.region(cpos)
-            dsk[(self.block_name, *cpos)] = (
-                _block_task,
-                self.plan_key,
-                spec,
-                cpos,
-                template.isel(region, missing_dims="ignore") if on_chunk else None,
-                windows,
-                where,
-                order,
-                *[(self.patch_name, t) for t in tasks],
-            )
+            ranges = tuple(axis[c] for axis, c in zip(per_axis, cpos))
+            if all(len(r) for r in ranges):
+                groups[cpos] = ranges
+        return groups
+
+    def _blocks_read(self, ranges: tuple[range, ...]) -> list[list[tuple[int, ...]]]:
+        """Per source variable, the input blocks that the windows in ``ranges`` read."""
+        out = []
+        for v, arr in zip(data_variables(self.obj), self.arrays):
+            per_dim = []
+            for d, chunks in zip(v.dims, arr.chunks):
+                if d not in self.grid.dims:
+                    per_dim.append(range(len(chunks)))
+                    continue
+                i = self.grid.dims.index(d)
+                edges = np.concatenate([[0], np.cumsum(chunks)])
+                used: set[int] = set()
+                for p in ranges[i]:
+                    ix = self.sampler.axis_indexer(i, p)
+                    pieces, _ = _axis_pieces(edges, ix)
+                    used.update(b for b, _ in pieces)
+                per_dim.append(sorted(used))
+            out.append([tuple(key) for key in itertools.product(*per_dim)])
+        return out
+
+    def _area(self, ranges: tuple[range, ...]) -> tuple[dict[Hashable, int], xr.Dataset] | None:
+        """The coordinates along several spatial dims over what the windows in ``ranges``
+        read, and where that part starts (None if the source has no such coordinate)."""
+        if not self.multi.coords:
+            return None
+        start, box = {}, {}
+        for i, (d, r) in enumerate(zip(self.grid.dims, ranges)):
+            lo, hi = [], []
+            for p in r:
+                ix = self.sampler.axis_indexer(i, p)
+                lo.append(ix.start if isinstance(ix, slice) else int(np.min(ix)))
+                hi.append(ix.stop if isinstance(ix, slice) else int(np.max(ix)) + 1)
+            start[d] = min(lo)
+            box[d] = slice(min(lo), max(hi))
+        return start, self.multi.isel(box, missing_dims="ignore")
 
     def build(self) -> xr.DataArray | xr.Dataset:
         """The lazy result."""
@@ -343,10 +429,58 @@ class _GraphBuilder:
         from dask.highlevelgraph import HighLevelGraph
 
         spec, out_vars, out_meta = self.learn_layout()
-        dsk: dict[Any, Any] = {self.func_key: self.func}
-        location = self.patch_tasks(dsk, spec)
+        reference = {
+            name: np.asarray(var.values)
+            for name, var in spec.meta.coords.items()
+            if var.dims == (name,) and name not in self.grid.dims
+        }
+        shared = _Shared(
+            plan=self.plan,
+            spec=spec,
+            labels=self.labels,
+            sampler=self.sampler,
+            chunks=[tuple(tuple(int(n) for n in c) for c in arr.chunks) for arr in self.arrays],
+            options=self.options,
+            reference=reference,
+        )
+        dsk: dict[Any, Any] = {self.func_key: self.func, self.shared_key: shared}
+        groups = self._group_ranges()
+        for cpos, ranges in groups.items():
+            block_ids = self._blocks_read(ranges)
+            keys = [(arr.name, *key) for arr, ids in zip(self.arrays, block_ids) for key in ids]
+            dsk[(self.group_name, *cpos)] = (
+                _group_task,
+                self.func_key,
+                self.shared_key,
+                ranges,
+                block_ids,
+                self._area(ranges),
+                *keys,
+            )
+        # which groups reach each block: their windows touch it
+        touching: dict[tuple[int, ...], list[tuple[int, ...]]] = {
+            c: [] for c in self.layout.chunks()
+        }
+        for cpos, ranges in groups.items():
+            last = [
+                int(self.layout.stop[i][r[-1]]) if len(r) else c
+                for i, (r, c) in enumerate(zip(ranges, cpos))
+            ]
+            for other in itertools.product(*(range(c, e) for c, e in zip(cpos, last))):
+                touching[other].append(cpos)
+        template = xr.Dataset(coords=self.obj.coords, attrs=self.obj.attrs)
+        on_chunk = self.options.blend.on_chunk is not None
         order = {name: dims for name, (dims, _) in out_vars.items()}
-        self.block_tasks(dsk, location, spec, order)
+        for cpos in self.layout.chunks():
+            region = self.layout.region(cpos)
+            dsk[(self.block_name, *cpos)] = (
+                _block_task,
+                self.shared_key,
+                cpos,
+                template.isel(region, missing_dims="ignore") if on_chunk else None,
+                order,
+                *[(self.group_name, *g) for g in touching[cpos]],
+            )
         dims_of = self.grid.dims
         lazy = {}
         for name, (dims, data) in out_vars.items():
