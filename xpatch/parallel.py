@@ -309,6 +309,7 @@ class _GraphBuilder:
         self.shared_key = f"xpatch-plan-{token}"
         self.group_name = f"xpatch-group-{token}"
         self.block_name = f"xpatch-block-{token}"
+        self._per_position: list[list[tuple[int | None, Any]]] | None = None
 
     def learn_layout(self) -> tuple[ResultSpec, Variables, Meta]:
         """The layout of ``func``'s result and of the blended output, from one dry call.
@@ -390,22 +391,39 @@ class _GraphBuilder:
     def _blocks_read(self, ranges: tuple[range, ...]) -> list[list[tuple[int, ...]]]:
         """Per source variable, the input blocks that the windows in ``ranges`` read."""
         out = []
-        for v, arr in zip(data_variables(self.obj), self.arrays):
+        for per_axis in self._blocks_per_position():
             per_dim = []
-            for d, chunks in zip(v.dims, arr.chunks):
-                if d not in self.grid.dims:
-                    per_dim.append(range(len(chunks)))
+            for i, along in per_axis:
+                if i is None:  # a non-spatial dim: every block
+                    per_dim.append(along)
                     continue
-                i = self.grid.dims.index(d)
-                edges = np.concatenate([[0], np.cumsum(chunks)])
                 used: set[int] = set()
                 for p in ranges[i]:
-                    ix = self.sampler.axis_indexer(i, p)
-                    pieces, _ = _axis_pieces(edges, ix)
-                    used.update(b for b, _ in pieces)
+                    used.update(along[p])
                 per_dim.append(sorted(used))
-            out.append([tuple(key) for key in itertools.product(*per_dim)])
+            out.append(list(itertools.product(*per_dim)))
         return out
+
+    def _blocks_per_position(self) -> list[list[tuple[int | None, Any]]]:
+        """Per source variable and dim: the blocks each window position reads along it
+        (a list per grid position), or every block of a non-spatial dim (made once)."""
+        if self._per_position is None:
+            self._per_position = []
+            for v, arr in zip(data_variables(self.obj), self.arrays):
+                per_axis: list[tuple[int | None, Any]] = []
+                for d, chunks in zip(v.dims, arr.chunks):
+                    if d not in self.grid.dims:
+                        per_axis.append((None, range(len(chunks))))
+                        continue
+                    i = self.grid.dims.index(d)
+                    edges = np.concatenate([[0], np.cumsum(chunks)])
+                    blocks = [
+                        [b for b, _ in _axis_pieces(edges, self.sampler.axis_indexer(i, p))[0]]
+                        for p in range(len(self.grid.axes[i].starts))
+                    ]
+                    per_axis.append((i, blocks))
+                self._per_position.append(per_axis)
+        return self._per_position
 
     def _area(self, ranges: tuple[range, ...]) -> tuple[dict[Hashable, int], xr.Dataset] | None:
         """The coordinates along several spatial dims over what the windows in ``ranges``
