@@ -196,3 +196,33 @@ def test_zero_custom_weight_hides_nan_where_it_is_zero():
     inner = out.isel(y=slice(4, -4), x=slice(4, -4))
     assert not np.isnan(inner).any()
     np.testing.assert_allclose(inner, 1.0)
+
+
+# --- results that name what to do -------------------------------------------------------
+@pytest.mark.parametrize("kind", [dict, tuple, list])
+def test_several_outputs_not_as_a_dataset_say_return_a_dataset(kind):
+    da = _labeled()
+
+    def two(p):
+        pair = (p.values, p.values * 0)
+        return {"a": pair[0], "b": pair[1]} if kind is dict else kind(pair)
+
+    with pytest.raises(ResultError, match="Dataset"):
+        da.patch.apply(two, **KW)
+
+
+def test_channel_last_result_names_the_dim_that_does_not_match():
+    da = xr.DataArray(np.random.default_rng(0).random((3, 32, 32)), dims=("band", "y", "x"))
+    with pytest.raises(ResultError, match=r"(?s)'band'.*output_dims"):
+        da.patch.apply(lambda p: np.moveaxis(p.values, 0, -1), y=16, x=16)
+
+
+def test_on_chunk_changing_a_non_spatial_length_names_the_chunk():
+    da = xr.DataArray(np.random.default_rng(0).random((2, 32, 32)), dims=("band", "y", "x"))
+
+    def post(c):
+        return c if int(c.x.size) and c.x.values[0] == 0 else c.isel(band=[0])
+
+    da = da.assign_coords(x=np.arange(32))
+    with pytest.raises(xpatch.AggregationError, match=r"(?s)band.*chunk y=0:16, x=16:32"):
+        da.patch.apply(lambda p: p, y=16, x=16, chunks=16, on_chunk=post)

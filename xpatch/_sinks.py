@@ -77,12 +77,21 @@ class MemorySink:
                 shape = tuple(self.lengths.get(d, n) for d, n in zip(dims, data.shape))
                 self.arrays[name] = (dims, np.empty(shape, dtype=data.dtype))
             out_dims, out = self.arrays[name]
+            where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
             if set(out_dims) != set(dims):
                 raise AggregationError(
-                    f"on_chunk returned dims {dims} for one chunk and {out_dims} for another"
+                    f"on_chunk returned dims {dims} for the chunk {where} and {out_dims} for"
+                    " earlier chunks"
+                )
+            sizes, earlier = dict(zip(dims, data.shape)), dict(zip(out_dims, out.shape))
+            other = {d: n for d, n in sizes.items() if d not in region and n != earlier[d]}
+            if other:
+                raise AggregationError(
+                    f"on_chunk returned {other} for the chunk {where}, earlier chunks had"
+                    f" { ({d: earlier[d] for d in other}) }: every chunk must keep the same"
+                    " non-spatial lengths"
                 )
             if data.dtype != out.dtype and not np.can_cast(data.dtype, out.dtype, "safe"):
-                where = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in region.items())
                 raise AggregationError(
                     f"the chunk {where} has dtype {data.dtype}, earlier chunks had {out.dtype}:"
                     " on_chunk must return one dtype for every chunk"

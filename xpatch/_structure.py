@@ -133,6 +133,12 @@ def split(
         )
         source = result
     else:
+        if isinstance(result, (Mapping, tuple, list)):
+            raise ResultError(
+                f"{what} returned a {type(result).__name__}: for several outputs return an"
+                " xarray.Dataset with one variable per output (e.g. xr.Dataset({'probs':"
+                " probs, 'sigma': sigma})), else one DataArray or array"
+            )
         try:
             data = to_numpy(result)
         except Exception as err:
