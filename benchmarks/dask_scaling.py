@@ -17,24 +17,48 @@ eager, and peak resident memory (of the process for eager and threads; of each
 worker process, via ``getrusage``, for the clusters; with the resident memory
 just before the run in brackets).
 
+``--compare`` runs a second benchmark instead: xpatch's lazy ``apply`` next to
+``dask.array.map_overlap`` doing the equivalent job, and a bare process pool as
+the reference, each with 1 and with 2 worker processes (1 thread each). The func
+sleeps ``--sleep`` seconds (default 20 ms) per patch plus a light numpy op, so that
+2 workers can show a speed-up even on a busy 2-core box. The input (2304x2304
+float32, chunked ``--step``) is persisted on both clusters before timing;
+``map_overlap`` gets ``depth = (patch - step) / 2``, ``boundary="reflect"``,
+``trim=True``, so each of its blocks is one patch (12x12 = 144 func calls, as many
+as xpatch's windows). A 1-worker and a 2-worker ``LocalCluster`` are both up for
+the whole run and the runs are interleaved (``--rounds`` rounds, each order
+shuffled), so load on a shared box hits both alike. Per run: wall seconds of build
++ ``persist`` + wait (results stay on the workers; gathering them for the checksum
+is not timed), bytes moved between workers (``transfer_outgoing_bytes_total``
+deltas, ``sizeof`` estimates; 0 with 1 worker), peak RSS of each worker (VmHWM,
+reset through ``/proc/self/clear_refs`` just before the run) and the result
+checksum. xpatch blends, ``map_overlap`` crops, so their checksums differ; xpatch's
+1- and 2-worker results must be identical (a sha1 of the bytes is compared).
+
 Usage::
 
     python benchmarks/dask_scaling.py              # the full workload (~1-2 min)
     python benchmarks/dask_scaling.py --quick      # a smaller image, for CI smoke runs
     python benchmarks/dask_scaling.py --child threads --size 1024   # one variant, JSON
+    python benchmarks/dask_scaling.py --compare    # xpatch vs map_overlap vs pool (~2 min)
+    python benchmarks/dask_scaling.py --compare --rounds 1 --size 1152   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
 
 VARIANTS = ("eager", "threads", "cluster1", "cluster2")
+COMPARE = ("xpatch", "map_overlap", "pool")
 
 
 def rss_mib() -> float:
@@ -136,6 +160,290 @@ def child(args: argparse.Namespace) -> dict:
     return out
 
 
+def light(values):
+    """The light numpy part of the compare func (elementwise, same shape)."""
+    import numpy as np
+
+    return np.sqrt(values) * 2.0 + 1.0
+
+
+def slow_patch(values, sleep: float):
+    """The compare func on a bare array: ``sleep`` seconds plus :func:`light`."""
+    time.sleep(sleep)
+    return light(values)
+
+
+def peak_reset() -> float:
+    """Reset this process's VmHWM to its current RSS; return that RSS in MiB."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # pragma: no cover - not Linux / not permitted
+        pass
+    return rss_mib()
+
+
+def vm_hwm_mib() -> float:
+    """Peak RSS since the last :func:`peak_reset` (VmHWM), else ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return peak_mib()
+
+
+def sent_bytes(dask_worker) -> int:
+    """Bytes this worker has sent (``get_data``) since it started."""
+    return dask_worker.transfer_outgoing_bytes_total
+
+
+def window_starts(size: int, patch: int, step: int) -> list[int]:
+    """Window starts along one axis with the last one pushed back to fit (squeeze)."""
+    starts = list(range(0, size - patch + 1, step))
+    if starts[-1] != size - patch:
+        starts.append(size - patch)
+    return starts
+
+
+def pool_run(pool, image, args: argparse.Namespace):
+    """Cut every window, run the func in ``pool``, mean-blend in this process."""
+    import numpy as np
+
+    starts = window_starts(args.size, args.patch, args.step)
+    slices = [(slice(y, y + args.patch), slice(x, x + args.patch)) for y in starts for x in starts]
+    patches = [image[sl] for sl in slices]
+    out = np.zeros(image.shape, np.float64)
+    count = np.zeros(image.shape, np.float32)
+    results = pool.map(slow_patch, patches, [args.sleep] * len(patches))
+    for sl, res in zip(slices, results):
+        out[sl] += res
+        count[sl] += 1
+    return (out / count).astype(np.float32), 2 * sum(p.nbytes for p in patches)
+
+
+def compare(args: argparse.Namespace) -> dict:
+    """xpatch lazy apply vs map_overlap vs a bare pool, 1 and 2 workers, interleaved."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import numpy as np
+    from distributed import Client, LocalCluster, futures_of, wait
+
+    import xpatch  # noqa: F401
+
+    image = make_input(args.size, args.chunk)
+    depth = (args.patch - args.step) // 2
+    sleep = args.sleep
+
+    def patch_func(patch):
+        time.sleep(sleep)
+        return patch.copy(data=light(patch.values))
+
+    def block_func(block):
+        time.sleep(sleep)
+        return light(block)
+
+    kw = {"y": args.patch, "x": args.patch, "step": args.step, "weights": "gaussian"}
+    n_patches = len(image.patch.grid(y=args.patch, x=args.patch, step=args.step))
+    clusters, clients, inputs, pools = {}, {}, {}, {}
+    ctx = multiprocessing.get_context("spawn")
+    try:
+        for n in (1, 2):
+            clusters[n] = LocalCluster(
+                n_workers=n,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=40,
+            )
+            clients[n] = Client(clusters[n], set_as_default=False)
+            clients[n].run(lambda: __import__("xpatch"))
+            with clients[n].as_current():
+                persisted = clients[n].persist(image)
+                overlap_in = clients[n].persist(image.data.rechunk(args.step))
+                wait(futures_of(persisted) + futures_of(overlap_in))
+            inputs[n] = (persisted, overlap_in)
+            pools[n] = ProcessPoolExecutor(n, mp_context=ctx)
+            list(pools[n].map(slow_patch, [np.ones(4)] * n, [0.0] * n))  # start them
+        numpy_image = image.values
+
+        def one(variant: str, n: int) -> dict:
+            client = clients[n]
+            if variant == "pool":
+                t0 = time.perf_counter()
+                values, moved = pool_run(pools[n], numpy_image, args)
+                wall = time.perf_counter() - t0
+                return {"wall_s": wall, "moved": moved, "values": values}
+            persisted, overlap_in = inputs[n]
+            with client.as_current():
+                base = client.run(peak_reset)
+                sent0 = sum(client.run(sent_bytes).values())
+                t0 = time.perf_counter()
+                if variant == "xpatch":
+                    lazy = persisted.patch.apply(patch_func, **kw)
+                    tasks = len(lazy.__dask_graph__())
+                else:
+                    lazy = overlap_in.map_overlap(
+                        block_func,
+                        depth=depth,
+                        boundary=args.boundary,
+                        trim=True,
+                        dtype=np.float32,
+                    )
+                    tasks = len(lazy.__dask_graph__())
+                build = time.perf_counter() - t0
+                done = client.persist(lazy)
+                wait(futures_of(done))
+                wall = time.perf_counter() - t0
+                moved = sum(client.run(sent_bytes).values()) - sent0
+                peak = client.run(vm_hwm_mib)
+                values = np.asarray(client.compute(done).result())
+                del done
+            return {
+                "wall_s": wall,
+                "build_s": build,
+                "tasks": tasks,
+                "moved": moved,
+                "base_mib": list(base.values()),
+                "peak_mib": list(peak.values()),
+                "values": values,
+            }
+
+        runs: dict[tuple[str, int], list[dict]] = {}
+        order = [(v, n) for v in args.compare_variants.split(",") for n in (1, 2)]
+        rng = random.Random(0)
+        for v, n in order:  # warm-up: first-call costs (imports, caches), not recorded
+            one(v, n)
+        for _ in range(args.rounds):
+            rng.shuffle(order)
+            for v, n in order:
+                runs.setdefault((v, n), []).append(one(v, n))
+    finally:
+        for pool in pools.values():
+            pool.shutdown()
+        for client in clients.values():
+            client.close()
+        for cluster in clusters.values():
+            cluster.close()
+
+    rows = []
+    for (v, n), rs in sorted(runs.items(), key=lambda kv: (COMPARE.index(kv[0][0]), kv[0][1])):
+        values = rs[-1]["values"]
+        walls = [r["wall_s"] for r in rs]
+        row = {
+            "variant": v,
+            "workers": n,
+            "walls": walls,
+            "wall_s": statistics.median(walls),
+            "moved_mib": statistics.median(r["moved"] for r in rs) / 2**20,
+            "checksum": float(np.nansum(values.astype(np.float64))),
+            "sha1": hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest(),
+            "same_each_round": all(np.array_equal(r["values"], values) for r in rs),
+        }
+        if v != "pool":
+            row["build_s"] = statistics.median(r["build_s"] for r in rs)
+            row["tasks"] = rs[-1]["tasks"]
+            row["base_mib"] = [min(b) for b in zip(*(r["base_mib"] for r in rs))]
+            row["peak_mib"] = [max(p) for p in zip(*(r["peak_mib"] for r in rs))]
+        rows.append(row)
+    # The func is elementwise, so blending (xpatch, pool) and cropping (map_overlap)
+    # agree up to float32 rounding of the weights: a cross-check of all three.
+    last = {v: rs[-1]["values"] for (v, n), rs in runs.items() if n == 2}
+    ref_name = "map_overlap" if "map_overlap" in last else "pool"
+    ref = last.get(ref_name)
+    diffs = {
+        v: float(np.nanmax(np.abs(x.astype(np.float64) - ref))) if ref is not None else None
+        for v, x in last.items()
+    }
+    return {
+        "rows": rows,
+        "max_abs_diff": diffs,
+        "diff_reference": ref_name,
+        "n_patches": n_patches,
+        "n_blocks": int(np.prod(inputs[1][1].numblocks)),
+        "depth": depth,
+        "input_mib": image.nbytes / 2**20,
+    }
+
+
+def compare_table(result: dict) -> str:
+    rows = result["rows"]
+    lines = [
+        "| variant | workers | wall s, median (all rounds) | speed-up 2 vs 1 | graph build s"
+        " | graph keys | moved between workers MiB | worker peak RSS MiB (before) | checksum |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    names = {
+        "xpatch": "xpatch lazy apply",
+        "map_overlap": "dask.array.map_overlap",
+        "pool": "bare process pool",
+    }
+    by = {(r["variant"], r["workers"]): r for r in rows}
+    for r in rows:
+        one = by.get((r["variant"], 1))
+        speed = f"{one['wall_s'] / r['wall_s']:.2f}x" if r["workers"] == 2 and one else "-"
+        walls = ", ".join(f"{w:.2f}" for w in r["walls"])
+        if r["variant"] == "pool":
+            build = tasks = mem = "-"
+            moved = f"({r['moved_mib']:.1f} to/from parent)"
+        else:
+            build, tasks = f"{r['build_s']:.2f}", str(r["tasks"])
+            mem = ", ".join(f"{p:.0f} ({b:.0f})" for p, b in zip(r["peak_mib"], r["base_mib"]))
+            moved = f"{r['moved_mib']:.1f}"
+        lines.append(
+            f"| {names[r['variant']]} | {r['workers']} | {r['wall_s']:.2f} ({walls}) | {speed}"
+            f" | {build} | {tasks} | {moved} | {mem} | {r['checksum']:.6g} |"
+        )
+    return "\n".join(lines)
+
+
+def run_compare(args: argparse.Namespace) -> None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", "compare"]
+    for name in ("size", "patch", "step", "chunk", "sleep", "rounds", "boundary"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    cmd += ["--compare-variants", args.compare_variants]
+    load0 = os.getloadavg()
+    t0 = time.perf_counter()
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=args.timeout * 3, check=False
+    )
+    total = time.perf_counter() - t0
+    load1 = os.getloadavg()
+    if done.returncode != 0:
+        raise RuntimeError(f"compare failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(
+        f"image {args.size}x{args.size} float32 ({result['input_mib']:.0f} MiB), chunks"
+        f" {args.chunk} ({result['n_blocks']} blocks); xpatch patch {args.patch} step"
+        f" {args.step} ({result['n_patches']} patches, weights='gaussian'); map_overlap depth"
+        f" {result['depth']}, boundary={args.boundary!r}, trim; func = sleep"
+        f" {args.sleep * 1e3:.0f} ms + sqrt; {args.rounds} interleaved rounds after a warm-up;"
+        f" {os.cpu_count()} CPUs, load average {load0[0]:.1f} before, {load1[0]:.1f} after;"
+        f" whole run {total:.0f} s"
+    )
+    print()
+    print(compare_table(result))
+    by = {(r["variant"], r["workers"]): r for r in result["rows"]}
+    print()
+    for v in ("xpatch", "map_overlap", "pool"):
+        if (v, 1) in by and (v, 2) in by:
+            same = by[(v, 1)]["sha1"] == by[(v, 2)]["sha1"]
+            rounds = by[(v, 1)]["same_each_round"] and by[(v, 2)]["same_each_round"]
+            print(
+                f"{v}: 1-worker and 2-worker results {'identical' if same else 'DIFFER'}"
+                f" (sha1 {by[(v, 1)]['sha1'][:12]}); every round the same: {rounds}"
+            )
+    diffs = {v: d for v, d in result["max_abs_diff"].items() if d is not None}
+    if len(diffs) > 1:
+        print(
+            f"max |result - {result['diff_reference']}'s| (2 workers): "
+            + ", ".join(f"{v} {d:.2g}" for v, d in diffs.items())
+        )
+
+
 def run_variant(variant: str, args: argparse.Namespace) -> dict:
     cmd = [
         sys.executable,
@@ -186,21 +494,42 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--child", choices=VARIANTS, help="run one variant, print JSON")
+    parser.add_argument(
+        "--child", choices=(*VARIANTS, "compare"), help="run one variant, print JSON"
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--size", type=int, default=2048, help="image side (elements)")
+    parser.add_argument("--size", type=int, help="image side (2048; --compare: 2304)")
     parser.add_argument("--patch", type=int, default=256)
     parser.add_argument("--step", type=int, default=192)
-    parser.add_argument("--chunk", type=int, default=512, help="dask chunk side of the input")
+    parser.add_argument("--chunk", type=int, help="input chunk side (512; --compare: step)")
     parser.add_argument("--sigma", type=float, default=4.0)
     parser.add_argument("--threads", type=int, default=2, help="threads of the threaded run")
     parser.add_argument("--timeout", type=float, default=170.0, help="per variant, seconds")
     parser.add_argument("--quick", action="store_true", help="1024x1024 image")
+    parser.add_argument(
+        "--compare", action="store_true", help="xpatch vs map_overlap vs pool, 1 and 2 workers"
+    )
+    parser.add_argument("--compare-variants", default=",".join(COMPARE))
+    parser.add_argument("--sleep", type=float, default=0.02, help="--compare: s per patch")
+    parser.add_argument("--rounds", type=int, default=3, help="--compare: timed rounds")
+    parser.add_argument("--boundary", default="reflect", help="--compare: map_overlap's")
     args = parser.parse_args()
-    if args.quick:
-        args.size = 1024
+    compare_mode = args.compare or args.child == "compare"
+    if args.size is None:
+        args.size = 1024 if args.quick else 2304 if compare_mode else 2048
+    if args.chunk is None:
+        args.chunk = args.step if compare_mode else 512
+    if args.child == "compare":
+        result = compare(args)
+        for row in result["rows"]:
+            row.pop("values", None)
+        print(json.dumps(result))
+        return
     if args.child:
         print(json.dumps(child(args)))
+        return
+    if args.compare:
+        run_compare(args)
         return
     rows = [run_variant(v, args) for v in args.variants.split(",")]
     n = rows[0]["n_patches"]
