@@ -27,10 +27,11 @@ Chunks = int | Mapping[Hashable, Any] | None
 ChunkPosition = tuple[int, ...]
 
 
-def chunk_sizes(
-    chunks: int | Mapping[Hashable, int] | None, grid: PatchGrid
-) -> dict[Hashable, int]:
+def chunk_sizes(chunks: Chunks, grid: PatchGrid) -> dict[Hashable, int]:
     """One positive chunk length per spatial dim (at most the dim's length).
+
+    Regular chunks from 0, as a zarr store has them. Block lengths per dim (as dask
+    gives them) are taken if they are regular (all equal, the last one no longer).
 
     Examples
     --------
@@ -39,30 +40,39 @@ def chunk_sizes(
     {'y': 5, 'x': 7}
     >>> chunk_sizes(100, grid)
     {'y': 10, 'x': 7}
+    >>> chunk_sizes({"y": (4, 4, 2)}, grid)
+    {'y': 4, 'x': 7}
+    >>> chunk_sizes({"y": (3, 7)}, grid)
+    Traceback (most recent call last):
+    ...
+    xpatch.errors.GridError: chunks for dim 'y' are the irregular block lengths (3, 7): ...
+    ... e.g. chunks={'y': 3}
     """
-    if chunks is None:
-        return dict(grid.lengths)
-    if isinstance(chunks, Mapping):
-        unknown = [d for d in chunks if d not in grid.dims]
-        if unknown:
-            raise DimensionError(
-                f"chunks: dims {unknown} are not spatial dims; the spatial dims are {grid.dims}"
-            )
-        raw = {d: chunks.get(d, grid.lengths[d]) for d in grid.dims}
-    elif is_int(chunks):
-        raw = dict.fromkeys(grid.dims, chunks)
-    else:
-        raise GridError(f"chunks must be an int or a mapping dim -> int, got {chunks!r}")
-    # a chunk may be smaller than the patch (a patch then feeds several chunks):
-    # with patches large next to the array, only small chunks bound the memory
-    return {d: min(positive_int(raw[d], "chunks", d), grid.lengths[d]) for d in grid.dims}
+    raw = _per_dim(chunks, grid)
+    out = {}
+    for d, value in raw.items():
+        if _is_blocks(value):
+            blocks = _blocks(value, d, grid.lengths[d])
+            first = blocks[0]
+            if any(b != first for b in blocks[:-1]) or blocks[-1] > first:
+                raise GridError(
+                    f"chunks for dim {d!r} are the irregular block lengths {tuple(value)!r}:"
+                    f" out= writes regular zarr chunks, so give one length per dim,"
+                    f" e.g. chunks={{{d!r}: {first}}}"
+                )
+            value = first
+        # a chunk may be smaller than the patch (a patch then feeds several chunks):
+        # with patches large next to the array, only small chunks bound the memory
+        out[d] = min(_length(value, d), grid.lengths[d])
+    return out
 
 
 def chunk_edges(chunks: Chunks, grid: PatchGrid) -> dict[Hashable, np.ndarray]:
     """Chunk boundaries per spatial dim.
 
     ``chunks`` is an int, a mapping dim -> int (regular chunks from 0), or a
-    mapping dim -> tuple of ints (explicit chunk lengths, as dask gives them).
+    mapping dim -> tuple (or list) of ints (explicit chunk lengths, as dask gives
+    them: positive, summing to the dim's length).
 
     Examples
     --------
@@ -71,26 +81,77 @@ def chunk_edges(chunks: Chunks, grid: PatchGrid) -> dict[Hashable, np.ndarray]:
     array([ 0,  4,  8, 10])
     >>> chunk_edges({"x": (3, 7)}, grid)["x"]
     array([ 0,  3, 10])
+    >>> chunk_edges({"x": (-1, 11)}, grid)
+    Traceback (most recent call last):
+    ...
+    xpatch.errors.GridError: chunks for dim 'x' are the block lengths (-1, 11): each must be a
+    positive int, got -1; ...
     """
-    if isinstance(chunks, Mapping) and any(isinstance(v, tuple) for v in chunks.values()):
-        out = {}
-        for d in grid.dims:
-            value = chunks.get(d, grid.lengths[d])
-            if not isinstance(value, tuple):
-                value = chunk_sizes({d: value}, grid)[d]
-                out[d] = np.append(np.arange(0, grid.lengths[d], value), grid.lengths[d])
-                continue
-            if sum(value) != grid.lengths[d]:
-                raise GridError(
-                    f"chunks for dim {d!r} sum to {sum(value)}, not the dim's length"
-                    f" {grid.lengths[d]}"
-                )
-            out[d] = np.concatenate([[0], np.cumsum(value)]).astype(np.int64)
-        return out
-    sizes = chunk_sizes(chunks, grid)
-    return {
-        d: np.append(np.arange(0, grid.lengths[d], c), grid.lengths[d]) for d, c in sizes.items()
-    }
+    out = {}
+    for d, value in _per_dim(chunks, grid).items():
+        length = grid.lengths[d]
+        if _is_blocks(value):
+            blocks = _blocks(value, d, length)
+            out[d] = np.concatenate([[0], np.cumsum(blocks)]).astype(np.int64)
+        else:
+            c = min(_length(value, d), length)
+            out[d] = np.append(np.arange(0, length, c), length).astype(np.int64)
+    return out
+
+
+def _per_dim(chunks: Chunks, grid: PatchGrid) -> dict[Hashable, Any]:
+    """The ``chunks`` argument as one raw value per spatial dim (unchecked values)."""
+    if chunks is None:
+        return dict(grid.lengths)
+    if isinstance(chunks, Mapping):
+        unknown = [d for d in chunks if d not in grid.dims]
+        if unknown:
+            raise DimensionError(
+                f"chunks: dims {unknown} are not spatial dims; the spatial dims are {grid.dims}"
+            )
+        return {d: chunks.get(d, grid.lengths[d]) for d in grid.dims}
+    if is_int(chunks):
+        return dict.fromkeys(grid.dims, chunks)
+    if isinstance(chunks, (tuple, list)):
+        example = dict(zip(grid.dims, chunks)) if len(chunks) == len(grid.dims) else None
+        example = example or dict.fromkeys(grid.dims, 256)
+        raise GridError(
+            f"chunks={chunks!r}: give chunks per dim by name, e.g. chunks={example!r}"
+            f" (the spatial dims are {grid.dims}), or one int for every dim"
+        )
+    raise GridError(
+        f"chunks must be an int or a mapping dim -> int, got {chunks!r} ({type(chunks).__name__})"
+    )
+
+
+def _is_blocks(value: Any) -> bool:
+    return isinstance(value, (tuple, list))
+
+
+def _length(value: Any, dim: Hashable) -> int:
+    if is_int(value) and value == -1:
+        raise GridError(
+            f"chunks for dim {dim!r} must be a positive int, got -1; for one chunk along"
+            f" {dim!r} leave it out of chunks"
+        )
+    return positive_int(value, "chunks", dim)
+
+
+def _blocks(value: Any, dim: Hashable, length: int) -> tuple[int, ...]:
+    """Check explicit chunk lengths: positive ints summing to the dim's length."""
+    what = f"chunks for dim {dim!r} are the block lengths {tuple(value)!r}"
+    fix = f"give lengths that sum to the dim's length {length}, or one int for regular chunks"
+    if not value:
+        raise GridError(f"{what}: none given; {fix}")
+    for b in value:
+        if not is_int(b) or b < 1:
+            raise GridError(f"{what}: each must be a positive int, got {b!r}; {fix}")
+    if sum(value) != length:
+        raise GridError(
+            f"chunks for dim {dim!r} sum to {sum(value)}, not the dim's length {length}"
+            f" (block lengths {tuple(value)!r}); {fix}"
+        )
+    return tuple(int(b) for b in value)
 
 
 class ChunkLayout:
