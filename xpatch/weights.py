@@ -212,30 +212,62 @@ class CustomWeights:
     def __call__(self, size: Mapping[Hashable, int]) -> np.ndarray:
         key = tuple(int(size[d]) for d in self.dims)
         if key not in self._cache:
-            value = self.source(dict(zip(self.dims, key))) if callable(self.source) else self.source
+            value = self.source
+            if callable(self.source):
+                try:
+                    value = self.source(dict(zip(self.dims, key)))
+                except Exception as error:
+                    error.add_note(
+                        f"(raised by the weights callable {self._name()} for a patch of size"
+                        f" {dict(zip(self.dims, key))})"
+                    )
+                    raise
             self._cache[key] = self._check(value, key)
         return self._cache[key]
 
+    def _name(self) -> str:
+        """The user's weights as a message names them."""
+        source = self.source
+        name = getattr(source, "__qualname__", None) or getattr(source, "__name__", None)
+        if callable(source):
+            return f"{name}()" if name else repr(source)
+        return f"array of shape {getattr(source, 'shape', None) or np.shape(source)}"
+
     def _check(self, value: Any, shape: tuple[int, ...]) -> np.ndarray:
+        what = f"weights {self._name()}" if callable(self.source) else "weights"
+        size = dict(zip(self.dims, shape))
         dims = getattr(value, "dims", None)
         if dims is not None:
             if set(dims) != set(self.dims):
                 raise WeightsError(
-                    f"weights: a DataArray weight must have exactly the spatial dims {self.dims},"
+                    f"{what}: a DataArray weight must have exactly the spatial dims {self.dims},"
                     f" got dims {tuple(dims)}"
                 )
             value = value.transpose(*self.dims).values
+        kind = getattr(value, "dtype", None)
+        if kind is None:
+            try:
+                kind = np.asarray(value).dtype
+            except (TypeError, ValueError):  # ragged nested lists
+                kind = np.dtype(object)
+        if np.dtype(kind).kind not in "biuf":
+            raise WeightsError(
+                f"{what}: weights must be real numbers, got an array of dtype {kind}"
+                f" (for a patch of size {size}); give a float array, e.g."
+                f" np.asarray(w, dtype=float)"
+            )
         arr = np.array(value, dtype=np.float64)  # a copy: later changes by the caller do not count
         if arr.shape != shape:
-            hint = ""
-            if not callable(self.source):
-                hint = (
-                    "; patches of other sizes (the adaptive border's shortened last patch)"
-                    " need a callable size -> array or a kernel from xpatch.weights"
+            if callable(self.source):
+                raise WeightsError(
+                    f"{what}, for a patch of size {size}, returned shape {arr.shape}; it must"
+                    f" return an array of shape {shape} (the spatial dims {self.dims} in order)"
+                    f" or a DataArray with those dims"
                 )
             raise WeightsError(
-                f"weights: expected an array of the patch shape {dict(zip(self.dims, shape))},"
-                f" got shape {arr.shape}{hint}"
+                f"weights: expected an array of the patch shape {size}, got shape {arr.shape};"
+                " patches of other sizes (the adaptive border's shortened last patch)"
+                " need a callable size -> array or a kernel from xpatch.weights"
             )
         if not np.all(np.isfinite(arr)):
             raise WeightsError("weights: every weight must be finite (found NaN or inf)")
