@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xpatch._dtypes import DEFAULT
-from xpatch._validate import positive_int
+from xpatch._validate import dim_name, dim_names, flag, positive_int
 from xpatch.errors import DimensionError, PatchError
 from xpatch.weights import WeightsLike
 
@@ -60,7 +60,8 @@ class BlendOptions:
             if value.ndim != 0 or value.dtype.kind not in "biufc":
                 raise PatchError(f"fill_value must be a number (or NaN), got {self.fill_value!r}")
         if self.output_dims is not None:
-            object.__setattr__(self, "output_dims", tuple(self.output_dims))
+            dims = dim_names(self.output_dims, "output_dims", "('class', 'y', 'x')")
+            object.__setattr__(self, "output_dims", dims)
 
     def check_spatial(self, dims: Sequence[Hashable]) -> None:
         """``output_dims`` must hold every spatial dim."""
@@ -131,6 +132,10 @@ class ApplyOptions:
         """
         if not callable(func):
             raise TypeError(f"func must be callable, got {type(func).__name__}")
+        resume = flag(resume, "resume")
+        progress = flag(progress, "progress")
+        overwrite = flag(overwrite, "overwrite")
+        batch_dim = dim_name(batch_dim, "batch_dim")
         if batch_size is not None:
             batch_size = positive_int(batch_size, "batch_size")
             if batch_dim in source_dims:
@@ -142,7 +147,10 @@ class ApplyOptions:
             raise PatchError("resume=True needs out=, the zarr store of the interrupted run")
         batched = None
         if output_dims is not None:
-            output_dims = tuple(output_dims)
+            example = (
+                f"({batch_dim!r}, 'y', 'x')" if batch_size is not None else "('class', 'y', 'x')"
+            )
+            output_dims = dim_names(output_dims, "output_dims", example)
             if batch_size is not None:
                 if batch_dim not in output_dims:
                     raise DimensionError(

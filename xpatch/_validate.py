@@ -6,10 +6,13 @@ Imports numpy only, so that the pure geometry can use it too.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Hashable, Iterable, Mapping
+import operator
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-from xpatch._types import BORDERS, PAD_MODES, Border, PadMode
+import numpy as np
+
+from xpatch._types import BORDERS, PAD_MODES, WEIGHTS_NAMES, Border, PadMode
 from xpatch.errors import DimensionError, GridError
 
 
@@ -26,6 +29,241 @@ def positive_int(value: Any, argument: str, dim: Hashable | None = None) -> int:
     if value < 1:
         raise GridError(f"{where} must be a positive int, got {value!r}")
     return int(value)
+
+
+def flag(value: Any, argument: str) -> bool:
+    """Return ``value`` as bool, or raise ``TypeError``: a flag is True or False, not "yes".
+
+    Examples
+    --------
+    >>> flag(True, "progress")
+    True
+    >>> flag("no", "resume")
+    Traceback (most recent call last):
+    ...
+    TypeError: resume must be True or False, got 'no' (str)
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{argument} must be True or False, got {value!r} ({type(value).__name__})")
+
+
+def index(value: Any, argument: str = "index") -> int:
+    """An integer index as Python sequences take it (numpy ints too; not bool, float, str).
+
+    Examples
+    --------
+    >>> index(-1)
+    -1
+    >>> index(1.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: index must be an int (a window's position; -1 is the last), got 1.5 (float)
+    """
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(
+        f"{argument} must be an int (a window's position; -1 is the last),"
+        f" got {value!r} ({type(value).__name__})"
+    )
+
+
+def dim_name(value: Any, argument: str) -> Hashable:
+    """Check that ``value`` can name a dim: hashable, not None, not a tuple or list.
+
+    Examples
+    --------
+    >>> dim_name("patch", "batch_dim")
+    'patch'
+    >>> dim_name(None, "batch_dim")
+    Traceback (most recent call last):
+    ...
+    TypeError: batch_dim must be a dim name (a str), got None (NoneType)
+    """
+    if (
+        value is None
+        or isinstance(value, (tuple, list, set, frozenset, dict))
+        or not isinstance(value, Hashable)
+    ):
+        raise TypeError(
+            f"{argument} must be a dim name (a str), got {value!r} ({type(value).__name__})"
+        )
+    return value
+
+
+def dim_names(value: Any, argument: str, example: str) -> tuple[Hashable, ...]:
+    """A sequence of distinct dim names as a tuple; one str is one dim (as in xarray).
+
+    Examples
+    --------
+    >>> dim_names(["class", "y", "x"], "output_dims", "('class', 'y', 'x')")
+    ('class', 'y', 'x')
+    >>> dim_names("x", "output_dims", "('x',)")
+    ('x',)
+    >>> dim_names(5, "output_dims", "('class', 'y', 'x')")
+    Traceback (most recent call last):
+    ...
+    TypeError: output_dims must be a sequence of dim names, ...; got 5 (int)
+    """
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, Mapping) or not isinstance(value, Iterable):
+        raise TypeError(
+            f"{argument} must be a sequence of dim names, e.g. {argument}={example};"
+            f" got {value!r} ({type(value).__name__})"
+        )
+    names = tuple(value)
+    for name in names:
+        if (
+            name is None
+            or isinstance(name, (tuple, list, set, dict))
+            or not isinstance(name, Hashable)
+        ):
+            raise TypeError(
+                f"{argument} {names!r}: each entry must be a dim name (a str),"
+                f" got {name!r} ({type(name).__name__})"
+            )
+    repeated = [d for i, d in enumerate(names) if d in names[:i]]
+    if repeated:
+        raise DimensionError(
+            f"{argument} {names!r} names the dim {repeated[0]!r} twice; each dim appears once"
+        )
+    return names
+
+
+def keywords(values: Mapping[Hashable, Any]) -> str:
+    """``y=256, x=256``: per-dim values as the keywords a user would type.
+
+    Examples
+    --------
+    >>> keywords({"y": 256, "x": 128})
+    'y=256, x=128'
+    """
+    return ", ".join(f"{d}={v!r}" for d, v in values.items())
+
+
+def example_dims(dims: Sequence[Hashable], n: int) -> tuple[Hashable, ...]:
+    """The dims a size given without names most likely means: the last ``n`` (at most 2)."""
+    dims = tuple(dims)
+    n = max(1, min(n, len(dims)))
+    return dims[-n:]
+
+
+def size_without_dims(size: Any, dims: Sequence[Hashable]) -> GridError:
+    """The error for a size given as an int or a tuple: say how to name its dims.
+
+    Examples
+    --------
+    >>> print(size_without_dims(16, ("band", "y", "x")))
+    size=16: give the patch size per dim by name, e.g. y=16, x=16 ... ('band', 'y', 'x')
+    """
+    if isinstance(size, (tuple, list)) and size:
+        values = list(size)[-len(tuple(dims)) :] if dims else list(size)
+        names = example_dims(dims, len(values))
+        values = values[-len(names) :]
+    else:
+        names = example_dims(dims, 2)
+        values = [size] * len(names)
+    values = [int(v) if is_int(v) else v for v in values]
+    per_dim = dict(zip(names, values))
+    return GridError(
+        f"size={size!r}: give the patch size per dim by name, e.g. {keywords(per_dim)}"
+        f" (or a mapping {per_dim!r}); the array's dims are {tuple(dims)!r}"
+    )
+
+
+# keywords of other patch libraries (MONAI's sliding_window_inference, patchify, torch's
+# unfold, ...) that would otherwise read as unknown dims
+_SIZE_WORDS = ("size", "patch_size", "roi_size", "window_size", "patch_shape", "kernel_size")
+_STEP_WORDS = ("stride", "strides", "step_size", "scan_interval")
+_PAD_WORDS = {
+    "constant": "constant",
+    "reflect": "reflect",
+    "replicate": "edge",
+    "edge": "edge",
+    "symmetric": "symmetric",
+    "circular": "wrap",
+    "wrap": "wrap",
+}
+
+
+def foreign_keywords(
+    kwargs: Mapping[Hashable, Any], dims: Sequence[Hashable], sizes: Mapping[Hashable, Any]
+) -> None:
+    """Refuse keywords of other libraries that are not dims of the array, saying what
+    xpatch calls them (``overlap`` -> ``step``, with the step it means per dim).
+
+    ``sizes`` are the patch sizes given so far (dim -> int), for the suggestions.
+
+    Examples
+    --------
+    >>> foreign_keywords({"overlap": 0.25}, ("y", "x"), {"y": 256, "x": 256})
+    Traceback (most recent call last):
+    ...
+    xpatch.errors.GridError: overlap=0.25 is not an xpatch argument: use step=...
+    ... for size y=256, x=256 that is step={'y': 192, 'x': 192}
+    """
+    dims = tuple(dims)
+    sizes = {d: sizes[d] for d in dims if d in sizes and is_int(sizes[d])}  # array order
+    for key, value in kwargs.items():
+        if key in dims or not isinstance(key, str):
+            continue
+        head = f"{key}={value!r} is not an xpatch argument: "
+        if key == "overlap":
+            raise GridError(head + _overlap_hint(value, sizes))
+        if key in _STEP_WORDS:
+            raise GridError(head + f"use step={value!r} (an int, or a mapping dim -> int)")
+        if key in _SIZE_WORDS:
+            if isinstance(value, Mapping):
+                hint = (
+                    f"give the patch size per dim by name, e.g. {keywords(value)}"
+                    f" (or the mapping as the first argument after func, not as size=)"
+                )
+            else:
+                hint = str(size_without_dims(value, dims)).split(": ", 1)[1]
+            if key == "size":  # size exists, but positional-only: no size= keyword
+                head = f"size={value!r} as a keyword: "
+            raise GridError(head + hint)
+        if key in ("sw_batch_size", "batch"):
+            raise GridError(head + f"use batch_size={value!r}")
+        if key == "sigma_scale":
+            raise GridError(head + f"use weights=xpatch.weights.gaussian(sigma={value!r})")
+        if key in ("mode", "blend_mode"):
+            if value in WEIGHTS_NAMES or value == "constant":
+                name = "mean" if value == "constant" else value
+                raise GridError(head + f"to blend, use weights={name!r}")
+            if value in _PAD_WORDS:
+                raise GridError(head + f"to pad, use border='pad', pad_mode={_PAD_WORDS[value]!r}")
+            raise GridError(
+                head + f"blending is weights= (one of {WEIGHTS_NAMES}), padding is"
+                f" border='pad' with pad_mode= (one of {PAD_MODES})"
+            )
+        if key in ("padding_mode", "padding"):
+            mode = _PAD_WORDS.get(value) if isinstance(value, str) else None
+            choice = repr(mode) if mode else f" (one of {PAD_MODES})"
+            raise GridError(head + f"use border='pad', pad_mode={choice}")
+
+
+def _overlap_hint(overlap: Any, sizes: Mapping[Hashable, int]) -> str:
+    rule = (
+        "use step=..., the distance between patch starts"
+        " (step = int(size * (1 - overlap)), MONAI's rule)"
+    )
+    if not sizes:
+        return rule + "; give the patch size per dim too, e.g. y=256, x=256"
+    if isinstance(overlap, Sequence) and not isinstance(overlap, str):
+        per_dim = list(overlap)
+    else:
+        per_dim = [overlap] * len(sizes)
+    if len(per_dim) != len(sizes) or not all(
+        isinstance(o, numbers.Real) and 0 <= o < 1 for o in per_dim
+    ):
+        return rule + " with 0 <= overlap < 1"
+    step = {d: max(int(n * (1 - o)), 1) for (d, n), o in zip(sizes.items(), per_dim)}
+    return rule + f"; for size {keywords(sizes)} that is step={step!r}"
 
 
 def check_dims(keys: Iterable[Hashable], available: Iterable[Hashable], argument: str) -> None:

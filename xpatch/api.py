@@ -21,12 +21,12 @@ from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._structure import spatial_subset
 from xpatch._types import Border, PadMode
-from xpatch._validate import check_dims
+from xpatch._validate import check_dims, flag, foreign_keywords, size_without_dims
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.errors import DimensionError, GridError
 from xpatch.grid import PatchGrid
-from xpatch.layout import chunk_sizes
+from xpatch.layout import chunk_edges, chunk_sizes
 from xpatch.weights import WeightsLike
 
 __all__ = ["aggregator", "apply", "dataset", "grid", "sample"]
@@ -55,10 +55,11 @@ def grid(
     >>> grid(da, y=30, step=20).starts["y"]
     array([ 0, 18, 36, 54, 70])
     """
+    if size is not None and not isinstance(size, Mapping):
+        raise size_without_dims(size, obj.dims)
+    foreign_keywords(size_kwargs, obj.dims, {**(size or {}), **size_kwargs})
     if size is not None and size_kwargs:
         raise GridError("give the patch size either as a mapping or as keyword arguments, not both")
-    if size is not None and not isinstance(size, Mapping):
-        raise GridError(f"size must be a mapping dim -> int (or keyword arguments), got {size!r}")
     sizes = dict(size if size is not None else size_kwargs)
     if not sizes:
         raise GridError("give the patch size of at least one spatial dim, e.g. y=256, x=256")
@@ -157,6 +158,7 @@ def apply(
     True
     """
     g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    _check_chunks(chunks, g, out)
     obj = spatial_subset(obj, g.dims)
     options = ApplyOptions.make(
         tuple(obj.dims),
@@ -210,6 +212,8 @@ def aggregator(
     [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     """
     g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    _check_chunks(chunks, g, out)
+    overwrite = flag(overwrite, "overwrite")
     obj = spatial_subset(obj, g.dims)
     options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims)  # type: ignore[arg-type]
     sink = None
@@ -218,3 +222,10 @@ def aggregator(
             out, obj, g, chunk_sizes(chunks, g), resume=False, overwrite=overwrite
         )
     return Aggregator.from_plan(BlendPlan.make(g, options), obj, sink)
+
+
+def _check_chunks(chunks: Any, g: PatchGrid, out: Any) -> None:
+    """Refuse bad ``chunks`` before any work (block lengths too; regular ones with ``out``)."""
+    chunk_edges(chunks, g)
+    if out is not None and chunks is not None:
+        chunk_sizes(chunks, g)

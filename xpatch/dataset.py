@@ -9,6 +9,7 @@ import xarray as xr
 
 from xpatch._sampling import Sampler
 from xpatch._structure import all_variables
+from xpatch._validate import index
 from xpatch.grid import PatchGrid
 
 
@@ -50,7 +51,7 @@ class PatchDataset:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         if self._sampler is None:
             self._sampler = Sampler(self.obj, self.grid)
-        window = self.grid[int(i)]
+        window = self.grid[index(i)]  # an int as sequences take it (-1 is the last)
         patch = self._sampler(window)
         if isinstance(patch, xr.Dataset):
             return {k: np.asarray(v.values) for k, v in patch.data_vars.items()}, window.index
