@@ -4,8 +4,8 @@ Usage (from the repository root, venv active)::
 
     python benchmarks/compare_versions.py --baseline REF [--rounds R] [--in-process N]
                                           [--only W1,W2,...] [--quick]
-    python benchmarks/compare_versions.py --baseline 0b909db             # ~1.5 min, 2 cores
-    python benchmarks/compare_versions.py --baseline 0b909db --rounds 6  # ~3 min, steadier
+    python benchmarks/compare_versions.py --baseline 0b909db             # 1.5-2.5 min, 2 cores
+    python benchmarks/compare_versions.py --baseline 0b909db --rounds 6  # 3-5.5 min, steadier
     python benchmarks/compare_versions.py --baseline HEAD~3 --only W1,W5
     python benchmarks/compare_versions.py --baseline-dir D --current-dir D  # noise floor
 
@@ -26,16 +26,16 @@ reports the file, printed in the header. Each call's wall time is taken by wrapp
 peers.py's runners; the warm-up call is dropped.
 
 Output: a markdown table on stdout with, per workload and variant, the min and median
-wall seconds of each side over all N x R calls, current / baseline of both (> 1: slower
-now), and the same ratio of the median CPU seconds (all threads of the process; less
-moved by other jobs on a shared machine than wall time). Progress goes to stderr.
-Nothing is asserted: read the ratios against the noise floor of a self-comparison.
+wall seconds of each side over all N x R calls and current / baseline of both (> 1:
+slower now). Progress goes to stderr. Nothing is asserted: read the ratios against the
+noise floor of a self-comparison.
 
-Noise floor (both sides the same checkout of 0b909db; 2 CPUs shared with another job,
-load average 3-4): with ``--rounds 6`` the median ratios fell within 0.94-0.99 and the
-min ratios within 0.87-1.07. A whole process runs fast or slow on such a machine, so
-more rounds of fewer calls beat fewer rounds of many (4 x 10 gave 0.67-1.10). Treat
-differences below ~10 % as noise there; rerun on an idle machine to resolve smaller ones.
+Noise floor (both sides one checkout of 0b909db; 2 CPUs shared with other jobs): at
+load average ~3, median ratios 0.70-1.05 with the defaults (3 x 5) and 0.94-0.99 with
+``--rounds 6``; at load ~5 (every time doubled), 0.65-1.08 and 0.77-1.23, min ratios down
+to 0.50. A whole process runs fast or slow there and W2/W3 calls are bimodal (~0.12 or
+~0.20 s at load 3), so prefer more rounds of few calls, read differences under ~10 %
+(load 3) or ~25 % (load 5) as noise, and rerun on an idle machine before quoting one.
 """
 
 from __future__ import annotations
@@ -129,14 +129,6 @@ def run_child(tree: Path, args) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summary(per_process: list[list[float]]) -> tuple[float, float]:
-    """Min over all calls; median over processes of each process's median call."""
-    return (
-        min(map(min, per_process)),
-        statistics.median(map(statistics.median, per_process)),
-    )
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--baseline", metavar="REF", help="git commit, tag or branch to compare to")
@@ -168,7 +160,7 @@ def main(argv=None) -> int:
             files[side].add(res["xpatch"])
             for w, per_peer in res["times"].items():
                 for p, t in per_peer.items():
-                    times[side][w][p].append(t)
+                    times[side][w][p] += t
             print(
                 f"round {r + 1}/{args.rounds} {side}: {time.perf_counter() - t0:.0f} s"
                 f" (xpatch from {res['xpatch']})",
@@ -191,7 +183,8 @@ def main(argv=None) -> int:
     for w in args.workloads:
         for p, tb in times["baseline"][w].items():
             tc = times["current"][w][p]
-            b, c = summary(tb), summary(tc)
+            b = (min(tb), statistics.median(tb))
+            c = (min(tc), statistics.median(tc))
             print(
                 f"| {w} | {p} | {b[0]:.3f} | {b[1]:.3f} | {c[0]:.3f} | {c[1]:.3f}"
                 f" | {c[0] / b[0]:.3f} | {c[1] / b[1]:.3f} |"
