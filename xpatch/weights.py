@@ -252,7 +252,7 @@ class CustomWeights:
                 kind = np.dtype(object)
         if np.dtype(kind).kind not in "biuf":
             raise WeightsError(
-                f"{what}: weights must be real numbers, got an array of dtype {kind}"
+                f"{what}: custom weights must be real numbers, got an array of dtype {kind}"
                 f" (for a patch of size {size}); give a float array, e.g."
                 f" np.asarray(w, dtype=float)"
             )
