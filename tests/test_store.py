@@ -532,7 +532,8 @@ def test_failed_run_keeps_finished_chunks_and_resumes(tmp_path, shape, size, ste
         np.testing.assert_array_equal(stored[block], reference.values[block])
     _FLAKY.update(calls=0, fail_at=-1)
     out = da.patch.apply(_flaky_model, out=path, resume=True, **kw)
-    assert 0 < _FLAKY["calls"] < n_windows
+    # one call checks func against the record's fingerprint, the rest recompute
+    assert 0 < _FLAKY["calls"] - 1 < n_windows
     xr.testing.assert_identical(out.compute(), reference)
     assert read_done(path).all()
 
@@ -545,7 +546,7 @@ def test_resume_completed_store_computes_nothing(tmp_path):
     assert _FLAKY["calls"] == len(da.patch.grid(y=10, x=10, step=5))
     _FLAKY.update(calls=0)
     again = da.patch.apply(_flaky_model, y=10, x=10, step=5, chunks=20, out=path, resume=True)
-    assert _FLAKY["calls"] == 0
+    assert _FLAKY["calls"] == 1  # only the window compared with the record's fingerprint
     xr.testing.assert_identical(again.compute(), first)
 
 

@@ -7,14 +7,26 @@ are complete is recorded in the group's attributes (key ``"xpatch"``), always
 after the chunk's data, so a crash never leaves a chunk marked complete that was
 not fully written. ``resume=True`` reads that record and recomputes only the
 unfinished chunks.
+
+Nothing is lost: an ``out`` that holds anything is refused before ``func`` is first
+called (unless ``overwrite=True``, or ``resume=True`` continues xpatch's own run), and
+the store the input is read from is refused always. A lock file beside a local store
+(``<store>.xpatch-lock``: pid, host, start time, state) keeps a second writer out; the
+kernel's ``flock`` on it dies with its process, so a killed run's lock is taken over.
+The lock's state says when the store was being created: a run killed then is started
+afresh by ``resume=True``. The record keeps a fingerprint of one window's result, and
+a resume recomputes that window: a function that computes something else is refused.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+import weakref
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,12 +34,27 @@ import xarray as xr
 
 from xpatch import _apply
 from xpatch._options import ApplyOptions
+from xpatch._store_safety import (
+    LOCK_SUFFIX,
+    Fingerprinting,
+    StoreLock,
+    check_func,
+    input_locations,
+    is_zarr_array,
+    local_path,
+    overlaps,
+)
 from xpatch._structure import THIS, Meta, as_dataset, assemble, source_name
 from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
 from xpatch.layout import chunk_sizes
 
 RECORD = "xpatch"
+COMPARED = ("grid", "chunks", "weights")  # func and on_chunk: checked by the fingerprint
+PASS = (
+    "pass overwrite=True to replace it (deleting what is there), or choose another path"
+    " (resume=True continues only an interrupted xpatch run)"
+)
 
 
 class StoreError(PatchError):
@@ -50,8 +77,13 @@ def _describe(obj: Any) -> str:
     return f"{module}.{name}"
 
 
+# --- the sink -------------------------------------------------------------------------------
 class ZarrSink:
-    """Writes finished chunks of the result into a zarr store or array."""
+    """Writes finished chunks of the result into a zarr store or array.
+
+    Every check of ``out`` runs here, before ``func`` is first called; call
+    :meth:`close` when the run is over (it releases the lock).
+    """
 
     def __init__(
         self,
@@ -88,50 +120,224 @@ class ZarrSink:
             if self.array is not None
             else (os.fspath(out) if isinstance(out, (str, os.PathLike)) else out)
         )
+        self.local = local_path(out)
+        self.label = repr(self.store if self.store is not None else out)
         self.done: np.ndarray | None = None
         self.meta: Meta | None = None
         self.created = False
+        self.fingerprint: dict[str, Any] | None = None
         self.kind = "dataarray"
         self.var_names: dict[Hashable, str] = {}
-        if self.array is not None:
-            self._check_array()
-        if resume:
-            self.done = self._read_record()
-
-    # --- existing store -----------------------------------------------------
-    def _group(self, mode: str = "r+") -> Any:
-        return self.zarr.open_group(self.store, mode=mode)
-
-    def _read_record(self) -> np.ndarray | None:
+        self.lock: StoreLock | None = None
+        self._made: list[Path] = []
+        self._check_input(out)
+        if self.array is None:
+            self._check_names()
+            if self.local is not None:
+                self._check_path()
         try:
-            attrs = self.array.attrs if self.array is not None else self._group("r").attrs
-        except (FileNotFoundError, KeyError, ValueError, OSError):
-            return None  # nothing to resume: start afresh
-        record = attrs.get(RECORD)
-        if record is None and self.array is not None:
-            return None  # an output array of the caller's, never written: start afresh
+            previous: dict[str, Any] = {}
+            if self.local is not None:
+                self.lock = StoreLock(Path(str(self.local) + LOCK_SUFFIX))
+                try:
+                    holder, previous = self.lock.acquire()
+                except OSError as err:
+                    raise StoreError(
+                        f"out={self.label} cannot be written: its lock file {self.lock.path}"
+                        f" cannot be made ({err.strerror or err})"
+                    ) from err
+                if holder is not None:
+                    raise StoreError(f"out={self.label} {self.lock.busy(holder)}")
+                weakref.finalize(self, self.lock.release)
+            if self.array is not None:
+                self._check_array()
+                if resume:
+                    self.done = self._read_record(self.array.attrs.get(RECORD), overwrite)
+            else:
+                self._check_existing(resume, overwrite, previous.get("state") == "creating")
+        except BaseException:
+            self.close()
+            raise
+
+    # --- checks, before func is first called -------------------------------------------
+    def _check_input(self, out: Any) -> None:
+        paths, stores = input_locations(self.template)
+        target = self.array.store if self.array is not None else out
+        clash = [str(p.resolve()) for p in paths if self.local and overlaps(self.local, p)]
+        if clash or id(target) in stores:
+            where = clash[0] if clash else "the same zarr store object"
+            raise StoreError(
+                f"out={self.label} is where the input is read from ({where}): writing there"
+                " would destroy the input while it is read. Write to another path (this is"
+                " refused even with overwrite=True)"
+            )
+
+    def _check_names(self) -> None:
+        import pandas as pd
+
+        t = self.template
+        names = [*t.dims, *t.coords, *(t.data_vars if isinstance(t, xr.Dataset) else ())]
+        bad = [n for n in names if not isinstance(n, str)]
+        if bad:
+            raise StoreError(
+                f"out= writes a zarr store, whose dims and variables need string names; the"
+                f" input has {sorted(set(map(repr, bad)))}: rename them first, e.g."
+                f" obj.rename({{{bad[0]!r}: {str(bad[0])!r}}})"
+            )
+        for name, index in t.indexes.items():
+            if isinstance(index, pd.MultiIndex):
+                raise StoreError(
+                    f"out=: the input's dim {name!r} has a MultiIndex"
+                    f" ({list(index.names)}), which a zarr store cannot hold: call"
+                    f" obj.reset_index({name!r}) first, or write the result without out="
+                )
+
+    def _check_path(self) -> None:
+        assert self.local is not None
+        p = self.local
+        if p.exists() and not p.is_dir():
+            raise StoreError(
+                f"out={self.label} is a regular file, not a directory: a zarr store is a"
+                " directory; choose another path (a file is never replaced)"
+            )
+        missing = [a for a in [p, *p.parents] if not a.exists()]
+        above = p.parents[len(missing) - 1] if missing else p
+        if not above.is_dir():
+            raise StoreError(
+                f"out={self.label} is under {above}, which is a regular file: a zarr store"
+                " cannot be made there; choose another path"
+            )
+        try:
+            for d in reversed(missing[1:]):  # the store's parents: the lock file goes there
+                d.mkdir()
+                self._made.append(d)
+        except OSError as err:
+            self.close()
+            raise StoreError(
+                f"out={self.label} cannot be created: {err.strerror} ({err.filename})"
+            ) from err
+        for d in (p.parent, p) if p.exists() else (p.parent,):
+            if not os.access(d, os.W_OK | os.X_OK):
+                self.close()
+                raise StoreError(f"out={self.label} cannot be written: {d} is not writable")
+
+    def _check_existing(self, resume: bool, overwrite: bool, creating: bool) -> None:
+        what, record = self._inspect()
+        if what == "empty":
+            return
+        if what == "xpatch" and record.get("state") == "creating":
+            what, creating = "creating", True
+        if creating:
+            if resume or overwrite:
+                return  # creation was interrupted: start afresh
+            raise StoreError(
+                f"out={self.label} holds an xpatch store whose creation was interrupted"
+                " (its run was killed before it finished a chunk); pass resume=True (it starts"
+                " afresh) or overwrite=True to replace it"
+            )
+        if what == "xpatch":
+            if resume:
+                self.done = self._read_record(record, overwrite)
+                return
+            if overwrite:
+                return
+            done = _bits(record)
+            state = "finished" if done.all() else f"{int(done.sum())} of {done.size} chunks done"
+            raise StoreError(
+                f"out={self.label} already holds the store of an earlier xpatch run ({state});"
+                f" refusing to replace it: pass resume=True to continue it, or overwrite=True"
+                " to replace it"
+            )
+        if overwrite:
+            self._check_not_precious()
+            return
+        if resume:
+            raise StoreError(
+                f"out={self.label} exists but holds no xpatch run record ({what}); it was not"
+                " written by apply(out=...): refusing to resume into it (pass overwrite=True to"
+                " replace it)"
+            )
+        raise StoreError(f"out={self.label} already holds {what}; refusing to replace it: {PASS}")
+
+    def _check_not_precious(self) -> None:
+        if self.local is None:
+            return
+        p, cwd = self.local.resolve(), Path.cwd().resolve()
+        if p in (Path.home().resolve(), cwd, *cwd.parents):
+            raise StoreError(
+                f"out={self.label}: overwrite=True would delete {p.resolve()}, which is the"
+                " home or the current directory or holds it; choose another path"
+            )
+
+    def _inspect(self) -> tuple[str, dict[str, Any]]:
+        """What is at ``out``: "empty", "xpatch" (with its record) or a description."""
+        if self.local is not None:
+            if not self.local.exists():
+                return "empty", {}
+            entries = sorted(os.listdir(self.local))
+            if not entries:
+                return "empty", {}
+        try:
+            group = self.zarr.open_group(self.store, mode="r")
+            attrs = group.attrs.asdict()
+            if isinstance(attrs.get(RECORD), dict):
+                return "xpatch", attrs[RECORD]
+            names = sorted(group.array_keys())
+        except Exception:
+            if self.local is None:
+                return "empty", {}  # nothing a zarr group can be opened from
+            zarrish = {"zarr.json", ".zgroup", ".zarray"} & set(entries)
+            listed = ", ".join(entries[:5]) + (
+                f" and {len(entries) - 5} more" if len(entries) > 5 else ""
+            )
+            kind = "a zarr store that cannot be opened, with" if zarrish else "a directory with"
+            n = len(entries)
+            return f"{kind} {n} entr{'y' if n == 1 else 'ies'} ({listed})", {}
+        if not names and not attrs:
+            return "empty", {}  # a bare group: a creation killed early (a store object)
+        return f"a zarr store with the variables {names}", {}
+
+    def _read_record(self, record: Any, overwrite: bool) -> np.ndarray | None:
+        """The finished chunks of the store's run, if this run may continue it."""
         if record is None:
+            return None  # a caller's array never written, or nothing to resume: afresh
+        if not isinstance(record, dict):
+            raise StoreError(f"out={self.label} holds an unreadable xpatch record")
+        found = {k: record.get(k) for k in COMPARED}
+        expected = {k: self.record_value.get(k) for k in COMPARED}
+        diff = [k for k in COMPARED if _jsonable(found[k]) != _jsonable(expected[k])]
+        if diff:
+            if overwrite:
+                return None
             raise StoreError(
-                f"out={self.store!r} exists but holds no xpatch run record; it was not written"
-                " by apply(out=...): refusing to resume into it (use resume=False to overwrite)"
-            )
-        expected = {k: v for k, v in self.record_value.items()}
-        found = {k: record.get(k) for k in expected}
-        if _jsonable(found) != _jsonable(expected):
-            diff = [k for k in expected if _jsonable(found[k]) != _jsonable(expected[k])]
-            raise StoreError(
-                f"out={self.store!r} was written by a different run configuration ({diff} differ:"
+                f"out={self.label} was written by a different run configuration ({diff} differ:"
                 f" store has {[found[k] for k in diff]}, this run has"
-                f" {[expected[k] for k in diff]}); refusing to mix results"
+                f" {[expected[k] for k in diff]}); refusing to mix results (pass overwrite=True"
+                " to replace it)"
             )
+        var_names = {
+            (THIS if k == "<this-array>" else k): v for k, v in record.get("variables", {}).items()
+        }
+        if self.array is None:
+            for key in var_names.values():
+                try:
+                    arr = self.zarr.open_array(self.store, path=key, mode="r")
+                except Exception:
+                    return None  # the layout is incomplete: nothing usable, start afresh
+                if len(arr.shape) < len(self.grid.dims):
+                    return None
         self.created = True
         self.kind = record.get("kind", "dataarray")
-        self.var_names = {
-            (THIS if k == THIS else k): v for k, v in record.get("variables", {}).items()
-        }
-        bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
-        n = int(np.prod(record["chunk_grid"]))
-        return bits[:n].astype(bool).reshape(record["chunk_grid"])
+        self.var_names = var_names
+        self.fingerprint = record.get("fingerprint")
+        return _bits(record)
+
+    def keep_fingerprint(self, fingerprint: dict[str, Any] | None) -> None:
+        self.fingerprint = fingerprint
+
+    def start_afresh(self) -> None:
+        """Forget the store's run: the first chunk recreates the store."""
+        self.done, self.created, self.fingerprint, self.var_names = None, False, None, {}
 
     def _check_array(self) -> None:
         assert self.array is not None
@@ -156,6 +362,18 @@ class ZarrSink:
                     f"out: chunks for dim {d!r} ({self.chunks[d]}) must be a multiple of the"
                     f" zarr array's chunks ({zc}) so that no two chunks share a zarr chunk"
                 )
+
+    def close(self) -> None:
+        """The run is over: release the lock; remove the directories made for nothing."""
+        if self.lock is not None:
+            self.lock.release()
+        if self.local is not None and not self.local.exists():
+            for d in reversed(self._made):
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
+        self._made = []
 
     # --- writing --------------------------------------------------------------
     def _create(
@@ -188,10 +406,17 @@ class ZarrSink:
         for key in encoding:
             ds[key].encoding = {}
         chunk_grid = [len(range(0, self.grid.lengths[d], self.chunks[d])) for d in self.grid.dims]
-        # the record goes in with the layout, so a store is never without one
-        ds.attrs[RECORD] = self._record(np.zeros(chunk_grid, dtype=bool))
+        nothing = np.zeros(chunk_grid, dtype=bool)
+        # until the layout is complete, the lock (or, without one, the record) says
+        # "creating": a run killed in between is started afresh by resume=True
+        if self.lock is not None:
+            self.lock.set_state("creating")
+        ds.attrs[RECORD] = dict(self._record(nothing), state="creating")
         ds.to_zarr(self.store, mode="w", compute=False, encoding=encoding, consolidated=False)
         self.created = True
+        self._write_record(nothing)
+        if self.lock is not None:
+            self.lock.set_state("running")
 
     def write(
         self,
@@ -240,6 +465,11 @@ class ZarrSink:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # zarr 3 notes it is outside the spec
                 self.zarr.consolidate_metadata(self.store)
+        if finished.all():
+            self.close()  # nothing more to write (an Aggregator's run ends here)
+
+    def _group(self, mode: str = "r+") -> Any:
+        return self.zarr.open_group(self.store, mode=mode)
 
     def _record(self, finished: np.ndarray) -> dict[str, Any]:
         value = dict(self.record_value)
@@ -252,6 +482,8 @@ class ZarrSink:
             done=np.packbits(finished.ravel()).tobytes().hex(),
             complete=bool(finished.all()),
         )
+        if self.fingerprint is not None:
+            value["fingerprint"] = self.fingerprint
         return value
 
     def result(self) -> xr.DataArray | xr.Dataset:
@@ -274,6 +506,12 @@ class ZarrSink:
         return ds
 
 
+def _bits(record: Mapping[str, Any]) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
+    n = int(np.prod(record["chunk_grid"]))
+    return bits[:n].astype(bool).reshape(record["chunk_grid"])
+
+
 def _var_name(name: Hashable, meta: Meta, default: Hashable | None) -> str:
     if name != THIS:
         return str(name)
@@ -289,10 +527,6 @@ def _array_dims(array: Any) -> tuple[Hashable, ...] | None:
     return tuple(dims) if dims else None
 
 
-def _is_zarr_array(out: Any) -> bool:
-    return type(out).__module__.startswith("zarr") and type(out).__name__ == "Array"
-
-
 def _array_chunks(array: Any, grid: PatchGrid) -> dict[Hashable, int]:
     """Aggregation chunks for an existing zarr array: its own chunks, at least a patch."""
     dims = _array_dims(array) or ()
@@ -306,8 +540,6 @@ def _array_chunks(array: Any, grid: PatchGrid) -> dict[Hashable, int]:
 
 
 def _jsonable(value: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 
@@ -317,14 +549,18 @@ def apply_to_store(
     grid: PatchGrid,
     options: ApplyOptions,
 ) -> xr.DataArray | xr.Dataset:
-    """``apply`` writing finished chunks to ``options.out``; resumable."""
+    """``apply`` writing finished chunks to ``options.out``; resumable.
+
+    A resumed store that records a fingerprint has its window recomputed once, and
+    a different result is refused (or, with ``overwrite=True``, the run starts afresh).
+    """
     blend = options.blend
-    if blend.chunks is None and _is_zarr_array(options.out):
+    if blend.chunks is None and is_zarr_array(options.out):
         blend = replace(blend, chunks=_array_chunks(options.out, grid))
         options = replace(options, blend=blend)
     weights = blend.weights
     config = {
-        "func": _describe(func),
+        "func": _describe(func),  # for information only: func is known by its results
         "on_chunk": _describe(blend.on_chunk),
         "weights": weights if isinstance(weights, str) else repr(weights),
     }
@@ -337,4 +573,20 @@ def apply_to_store(
         config=config,
         overwrite=options.overwrite,
     )
-    return _apply.apply(obj, func, grid, options, sink)
+    try:
+        if sink.created and sink.fingerprint is not None:
+            diff = check_func(obj, func, grid, options, sink.fingerprint, sink.label)
+            if diff is not None and options.overwrite:
+                sink.start_afresh()
+            elif diff is not None:
+                raise StoreError(
+                    f"out={sink.label} was written by a different run configuration: func"
+                    f" gives another result on {diff}. Resuming would mix the results of two"
+                    " functions (or of a model whose weights changed): resume with the function"
+                    " that wrote the store, or pass overwrite=True to start afresh"
+                )
+        if not sink.created:
+            func = Fingerprinting(func, sink.keep_fingerprint, options)
+        return _apply.apply(obj, func, grid, options, sink)
+    finally:
+        sink.close()
