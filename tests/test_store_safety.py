@@ -503,6 +503,7 @@ def test_the_lock_of_a_killed_run_is_taken_over(runner, tmp_path):
 
 
 # --- 3. killed while the store is created -----------------------------------------------
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the kill points run in forked children")
 @pytest.mark.parametrize("scenario", ["fresh", "overwrite"])
 def test_a_run_killed_while_creating_the_store_resumes(runner, tmp_path, scenario):
     da = image()
