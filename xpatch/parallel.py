@@ -441,12 +441,11 @@ class _GraphBuilder:
             box[d] = slice(min(lo), max(hi))
         return start, self.multi.isel(box, missing_dims="ignore")
 
-    def build(self) -> xr.DataArray | xr.Dataset:
-        """The lazy result."""
-        import dask.array as dsa
-        from dask.highlevelgraph import HighLevelGraph
-
-        spec, out_vars, out_meta = self.learn_layout()
+    def graph(
+        self, layout: tuple[ResultSpec, Variables, Meta] | None = None
+    ) -> tuple[dict[Any, Any], Variables, Meta]:
+        """The tasks up to the finished blocks (``block_name``), and the output's layout."""
+        spec, out_vars, out_meta = layout if layout is not None else self.learn_layout()
         reference = {
             name: np.asarray(var.values)
             for name, var in spec.meta.coords.items()
@@ -499,6 +498,14 @@ class _GraphBuilder:
                 order,
                 *[(self.group_name, *g) for g in touching[cpos]],
             )
+        return dsk, out_vars, out_meta
+
+    def build(self) -> xr.DataArray | xr.Dataset:
+        """The lazy result."""
+        import dask.array as dsa
+        from dask.highlevelgraph import HighLevelGraph
+
+        dsk, out_vars, out_meta = self.graph()
         dims_of = self.grid.dims
         lazy = {}
         for name, (dims, data) in out_vars.items():

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch import _apply
+from xpatch import _apply, parallel
+from xpatch._cluster_store import write_to_store
 from xpatch._options import ApplyOptions
 from xpatch._store_safety import (
     LOCK_SUFFIX,
@@ -418,6 +419,14 @@ class ZarrSink:
         if self.lock is not None:
             self.lock.set_state("running")
 
+    def prepare(
+        self, variables: Mapping[Hashable, tuple[tuple[Hashable, ...], Any]], meta: Meta
+    ) -> None:
+        """Make the store's layout for results like ``variables`` (the dask path, whose
+        workers then write the chunks)."""
+        if not self.created:
+            self._create(variables, meta)
+
     def write(
         self,
         region: Mapping[Hashable, slice],
@@ -558,6 +567,11 @@ def apply_to_store(
     if blend.chunks is None and is_zarr_array(options.out):
         blend = replace(blend, chunks=_array_chunks(options.out, grid))
         options = replace(options, blend=blend)
+    elif blend.chunks is None and parallel.is_dask_backed(obj):
+        # the workers write the blocks: regular ones, as long as the input's first blocks
+        first = {d: c[0] for d, c in parallel.default_chunks(obj, grid).items()}
+        options = replace(options, blend=replace(blend, chunks=first))
+        blend = options.blend
     weights = blend.weights
     config = {
         "func": _describe(func),  # for information only: func is known by its results
@@ -585,6 +599,8 @@ def apply_to_store(
                     " functions (or of a model whose weights changed): resume with the function"
                     " that wrote the store, or pass overwrite=True to start afresh"
                 )
+        if parallel.is_dask_backed(obj) and sink.array is None and isinstance(sink.store, str):
+            return write_to_store(obj, func, grid, options, sink)
         if not sink.created:
             func = Fingerprinting(func, sink.keep_fingerprint, options)
         return _apply.apply(obj, func, grid, options, sink)
