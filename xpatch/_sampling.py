@@ -163,7 +163,10 @@ class _FastCutter:
 
     def __init__(self, obj: xr.DataArray, grid: PatchGrid) -> None:
         self.obj = obj
-        self.data = obj.variable._data
+        # a read-only view of the source, made once: every patch cut from it is a
+        # read-only view too (func must not write to the user's array), at no cost
+        self.data = obj.variable._data.view()
+        self.data.flags.writeable = False
         self.dims = tuple(obj.dims)
         self.spatial = set(grid.dims)
         self.fixed: dict[Hashable, Any] = {}
@@ -313,7 +316,6 @@ class _FastCutter:
                 var = self.variables[name]
                 coords[name] = read_only(var[tuple(sel.get(d, slice(None)) for d in var.dims)])
         data = self.data[tuple(slices) if self.plain else self.key(window)]
-        data.flags.writeable = False  # (a view of the source: func must not write to it)
         attrs = self.attrs.copy()
         return dataarray(self.dims, data, attrs, coords, self.obj.name, indexes)
 
