@@ -226,3 +226,14 @@ def test_on_chunk_changing_a_non_spatial_length_names_the_chunk():
     da = da.assign_coords(x=np.arange(32))
     with pytest.raises(xpatch.AggregationError, match=r"(?s)band.*chunk y=0:16, x=16:32"):
         da.patch.apply(lambda p: p, y=16, x=16, chunks=16, on_chunk=post)
+
+
+def test_dataset_samples_are_writable_copies_never_the_source():
+    """A training transform may change a sample in place; the source stays as it was."""
+    da = _labeled()
+    before = da.copy(deep=True)
+    ds = da.patch.dataset(**KW)
+    sample, _ = ds[1]
+    assert sample.flags.writeable
+    sample[...] = -1
+    xr.testing.assert_identical(da, before)

@@ -61,7 +61,7 @@ def write_to_store(
         done |= np.asarray(sink.done, dtype=bool).reshape(builder.layout.shape)
     for name in os.listdir(marks):  # blocks an interrupted run of this path finished
         done[tuple(int(c) for c in name.split("_"))] = True
-    paths = {name: sink.var_names[name] for name in layout[1]}
+    paths = {name: (sink.var_names[name], dims) for name, (dims, _) in layout[1].items()}
     write_blocks(builder, layout, os.fspath(sink.store), paths, done, marks)
     sink.record(np.ones(builder.layout.shape, dtype=bool))
     shutil.rmtree(marks, ignore_errors=True)
@@ -72,7 +72,7 @@ def write_blocks(
     builder: _GraphBuilder,
     layout: tuple[ResultSpec, Variables, Meta],
     store: str,
-    paths: Mapping[Hashable, str],
+    paths: Mapping[Hashable, tuple[str, tuple[Hashable, ...]]],
     done: np.ndarray,
     marks: str,
 ) -> None:
@@ -107,7 +107,7 @@ def write_blocks(
 
 def _write_block(
     store: str,
-    paths: Mapping[Hashable, str],
+    paths: Mapping[Hashable, tuple[str, tuple[Hashable, ...]]],
     region: Mapping[Hashable, slice],
     marks: str,
     cpos: tuple[int, ...],
@@ -120,8 +120,8 @@ def _write_block(
     import zarr
 
     for name, data in blocks.items():
-        target = zarr.open_array(store, path=paths[name], mode="r+")
-        dims = target.metadata.dimension_names or target.attrs.get("_ARRAY_DIMENSIONS")
+        path, dims = paths[name]  # the block's dims are the store's, in its order
+        target = zarr.open_array(store, path=path, mode="r+")
         index = tuple(region.get(d, slice(None)) for d in dims)
         target[index] = data.astype(target.dtype, copy=False)
     with open(os.path.join(marks, "_".join(map(str, cpos))), "w"):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -144,26 +143,6 @@ class SeparableWeights:
         self._ids_array = [np.asarray(ids) for ids in self.ids]
         # a weight that is 0 somewhere: results are masked there (0 * NaN is NaN)
         self.has_zeros = any(not f.all() for factors in self.factors for f in factors)
-
-    def weight(
-        self,
-        position: Sequence[int],
-        cut: Sequence[slice] | None = None,
-        dtype: Any = np.float32,
-    ) -> np.ndarray:
-        """The final N-D weight of the window at grid ``position`` (or of a ``cut`` of it).
-
-        Examples
-        --------
-        >>> from xpatch.weights import mean
-        >>> w = SeparableWeights(PatchGrid({"y": 2, "x": 3}, {"y": 2, "x": 2}, step=1), mean())
-        >>> w.weight((0, 1))
-        array([[0.5, 1. ],
-               [0.5, 1. ]], dtype=float32)
-        """
-        cut = cut if cut is not None else [slice(None)] * len(position)
-        facs = [self.factors[i][p][c] for i, (p, c) in enumerate(zip(position, cut))]
-        return outer(facs, range(len(facs)), len(facs), np.dtype(dtype))
 
     def codes(self, positions: Sequence[np.ndarray]) -> np.ndarray:
         """Per window (given its positions along each axis): equal codes, equal weights."""

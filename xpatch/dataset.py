@@ -54,8 +54,8 @@ class PatchDataset:
         window = self.grid[index(i)]  # an int as sequences take it (-1 is the last)
         patch = self._sampler(window)
         if isinstance(patch, xr.Dataset):
-            return {k: np.asarray(v.values) for k, v in patch.data_vars.items()}, window.index
-        return np.asarray(patch.values), window.index
+            return {k: _writable(v.values) for k, v in patch.data_vars.items()}, window.index
+        return _writable(patch.values), window.index
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -131,3 +131,10 @@ def _attach_memmaps(packed: Any) -> Any:
     for k, recipe in recipes.items():
         targets[k]._data = recipe.open()
     return obj
+
+
+def _writable(values: np.ndarray) -> np.ndarray:
+    """A sample a training loop may change: a read-only view of the source (an
+    in-memory patch) is copied; a patch read from a file is fresh already."""
+    values = np.asarray(values)
+    return values if values.flags.writeable else values.copy()

@@ -148,17 +148,16 @@ def _group_task(
 
     if options.batch_size is None:
         for window in windows:
-            result = _call(func, patch(window), window)
+            cut = patch(window)
+            # the window's own labels, to align a labeled result to (extrapolated if padded)
+            expected = {
+                d: np.asarray(cut[d].values)
+                for d in labels.spatial
+                if d in cut.coords and cut[d].dims == (d,)
+            }
+            result = _call(func, cut, window)
+            del cut
             if isinstance(result, (xr.DataArray, xr.Dataset)):
-                coords = result.coords
-                expected = {
-                    d: np.asarray(coords[d].values)
-                    for d in labels.spatial
-                    if d in coords and coords[d].dims == (d,)
-                }
-                expected = {
-                    d: v for d, v in _window_labels(shared, window).items() if d in expected
-                }
                 result = align(result, {**expected, **shared.reference}, What(window))
             variables, _ = split(
                 result,
@@ -267,16 +266,6 @@ def _fill_keys(nested: Any, found: Mapping[tuple[int, ...], np.ndarray]) -> Any:
     if isinstance(nested, tuple):
         return found[tuple(nested[1:])]
     return [_fill_keys(sub, found) for sub in nested]
-
-
-def _window_labels(shared: _Shared, window: Window) -> dict[Hashable, np.ndarray]:
-    """The dim coordinate values of ``window``'s patch (extrapolated where padded)."""
-    coords = cut_coords(shared.sampler.obj, shared.sampler.plan(window))
-    return {
-        d: np.asarray(coords[d].values)
-        for d in window.dims
-        if d in coords and coords[d].dims == (d,)
-    }
 
 
 class _GraphBuilder:
