@@ -31,6 +31,7 @@ PURE = [
     "_validate",
     "_types",
     "errors",
+    "_plot",  # numpy at import; matplotlib only when drawing; labeled images duck-typed
 ]
 
 

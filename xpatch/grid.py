@@ -405,56 +405,71 @@ class PatchGrid(Sequence[Window]):
             )
         return "\n".join(lines) + ">"
 
-    def plot(self, image: Any = None, ax: Any = None, **kwargs: Any) -> Any:
-        """Draw the windows of a 2-D grid (matplotlib, imported lazily).
+    def plot(
+        self,
+        image: Any = None,
+        ax: Any = None,
+        *,
+        band: Any = None,
+        rgb: bool | Sequence[Any] | None = None,
+        cmap: str = "gray",
+        **kwargs: Any,
+    ) -> Any:
+        """Draw the windows of a 2-D grid, over an image if given (needs matplotlib).
+
+        A labeled image (a DataArray with 1-D numeric coordinates along the grid's
+        dims) is drawn in its coordinates, metres or microns, with its units on the
+        axes; each window is the rectangle of the pixels it selects, the virtual
+        padding of ``border="pad"`` included. An unlabeled image, or none, is drawn
+        in index space.
 
         Parameters
         ----------
-        image : array-like, optional
-            2-D image (dims in grid order) shown underneath.
+        image : DataArray or array-like, optional
+            Shown underneath. A DataArray has the grid's dims with the grid's lengths;
+            any other dim (a band dim) needs ``band`` or ``rgb``. An unlabeled image is
+            2-D, or ``(y, x, 3)`` RGB, in the grid's dim order.
         ax : matplotlib.axes.Axes, optional
             Axes to draw on; default: a new figure.
+        band : hashable, optional
+            Show the one band with this label of the image's non-spatial dim.
+        rgb : True or sequence of three labels, optional
+            Show three bands of the image's non-spatial dim as red, green and blue
+            (``True``: the dim holds exactly three), each stretched between its 2nd
+            and 98th percentiles.
+        cmap : str, default: "gray"
+            Colormap of a one-band image.
         **kwargs
-            Passed to :class:`matplotlib.patches.Rectangle`.
+            Passed to :class:`matplotlib.patches.Rectangle` (``edgecolor``,
+            ``linewidth``...); by default each window gets the next colour of the cycle.
 
         Returns
         -------
         matplotlib.axes.Axes
+
+        Raises
+        ------
+        GridError
+            The grid is not 2-D, or the image's lengths are not the grid's.
+        DimensionError
+            The image lacks a grid dim, or ``band``/``rgb`` name unknown labels.
+
+        Examples
+        --------
+        >>> import matplotlib
+        >>> matplotlib.use("Agg")
+        >>> import numpy as np, xarray as xr
+        >>> import xpatch
+        >>> scene = xr.DataArray(
+        ...     np.random.rand(3, 40, 60),
+        ...     dims=("band", "y", "x"),
+        ...     coords={"band": ["red", "green", "blue"],
+        ...             "y": 500.0 - 10 * np.arange(40), "x": 10.0 * np.arange(60)},
+        ... )
+        >>> ax = scene.patch.grid(y=16, x=16, step=12).plot(scene, rgb=True)
+        >>> [float(v) for v in ax.get_xlim()]  # metres: the outer pixel edges along x
+        [-5.0, 595.0]
         """
-        try:
-            import matplotlib.pyplot as plt
-            from matplotlib.patches import Rectangle
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                "PatchGrid.plot needs matplotlib: pip install 'xpatch[plot]'"
-            ) from err
-        if len(self.dims) != 2:
-            raise ValueError(f"PatchGrid.plot draws 2-D grids only; this one has dims {self.dims}")
-        if ax is None:
-            _, ax = plt.subplots()
-        if image is not None:
-            ax.imshow(np.asarray(image), cmap="gray")
-        style = {"fill": False, "linewidth": 1.0, "alpha": 0.8} | kwargs
-        edgecolor = style.pop("edgecolor", None)
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for w in self:
-            ys, xs = w.slices
-            color = edgecolor or colors[w.index % len(colors)]
-            ax.add_patch(
-                Rectangle(
-                    (xs.start - 0.5, ys.start - 0.5),
-                    xs.stop - xs.start,
-                    ys.stop - ys.start,
-                    edgecolor=color,
-                    **style,
-                )
-            )
-        ax.set_xlim(
-            min(-0.5, self.axes[1].starts[0] - 0.5),
-            max(self.lengths[self.dims[1]], self.axes[1].stops[-1]) - 0.5,
-        )
-        ax.set_ylim(
-            max(self.lengths[self.dims[0]], self.axes[0].stops[-1]) - 0.5,
-            min(-0.5, self.axes[0].starts[0] - 0.5),
-        )
-        return ax
+        from xpatch._plot import plot_grid
+
+        return plot_grid(self, image, ax, band=band, rgb=rgb, cmap=cmap, **kwargs)
