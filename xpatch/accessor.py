@@ -17,6 +17,7 @@ from xpatch._types import Border, PadMode
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.grid import PatchGrid
+from xpatch.instances import InstanceAggregator
 from xpatch.weights import WeightsLike
 
 Obj = xr.DataArray | xr.Dataset
@@ -179,6 +180,8 @@ class PatchAccessor:
         resume: bool = False,
         progress: bool = False,
         overwrite: bool = False,
+        merge: str | None = None,
+        iou: float = 0.5,
         **size_kwargs: int,
     ) -> Obj:
         """Run ``func`` on every patch and blend the results into one array.
@@ -227,6 +230,14 @@ class PatchAccessor:
             holds anything is refused (unless ``resume`` continues xpatch's own run).
         progress : bool, default: False
             Show a progress bar (needs tqdm).
+        merge : {"instances"}, optional
+            ``"instances"``: ``func`` returns instance labels (integer ids local to
+            the patch, 0 background); they are stitched instead of blended into
+            globally unique ids ``1..N`` (see :mod:`xpatch.instances`; ``weights``
+            is not used).
+        iou : float, default: 0.5
+            With ``merge="instances"``: objects of two overlapping patches whose IoU
+            over the shared region reaches this are one object.
 
         Returns
         -------
@@ -252,7 +263,7 @@ class PatchAccessor:
             self._obj, func, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
             on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
-            overwrite=overwrite, **size_kwargs,
+            overwrite=overwrite, merge=merge, iou=iou, **size_kwargs,
         )  # fmt: skip
 
     def aggregator(
@@ -270,16 +281,19 @@ class PatchAccessor:
         output_dims: Sequence[Hashable] | None = None,
         out: Any = None,
         overwrite: bool = False,
+        merge: str | None = None,
+        iou: float = 0.5,
         **size_kwargs: int,
-    ) -> Aggregator:
+    ) -> Aggregator | InstanceAggregator:
         """An :class:`~xpatch.Aggregator` for a hand-written loop over the grid.
 
         Parameters
         ----------
         size, step, border, pad_mode, **size_kwargs
             The grid, as for :meth:`grid`.
-        weights, chunks, on_chunk, fill_value, output_dims, out, overwrite
-            As for :meth:`apply`.
+        weights, chunks, on_chunk, fill_value, output_dims, out, overwrite, merge, iou
+            As for :meth:`apply` (``merge="instances"`` gives an
+            :class:`~xpatch.instances.InstanceAggregator` that stitches labels).
 
         Returns
         -------
@@ -301,5 +315,5 @@ class PatchAccessor:
         return api.aggregator(
             self._obj, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             chunks=chunks, on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
-            out=out, overwrite=overwrite, **size_kwargs,
+            out=out, overwrite=overwrite, merge=merge, iou=iou, **size_kwargs,
         )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import xarray as xr
 
-from xpatch import _apply, parallel, store
+from xpatch import _apply, instances, parallel, store
 from xpatch._dtypes import DEFAULT
 from xpatch._options import ApplyOptions, BlendOptions
 from xpatch._plan import BlendPlan
@@ -141,6 +141,8 @@ def apply(
     resume: bool = False,
     progress: bool = False,
     overwrite: bool = False,
+    merge: str | None = None,
+    iou: float = 0.5,
     **size_kwargs: int,
 ) -> Obj:
     """Run ``func`` on every patch of ``obj`` and blend the results (``obj.patch.apply``).
@@ -160,6 +162,12 @@ def apply(
     g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
     _check_chunks(chunks, g, out)
     obj = spatial_subset(obj, g.dims)
+    if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
+        return instances.apply(
+            obj, func, g, merge=merge, iou=iou, chunks=chunks, out=out, resume=resume,
+            overwrite=overwrite, progress=progress, batch_size=batch_size, on_chunk=on_chunk,
+            fill_value=fill_value, output_dims=output_dims,
+        )  # fmt: skip
     options = ApplyOptions.make(
         tuple(obj.dims),
         func,
@@ -197,8 +205,10 @@ def aggregator(
     output_dims: Sequence[Hashable] | None = None,
     out: Any = None,
     overwrite: bool = False,
+    merge: str | None = None,
+    iou: float = 0.5,
     **size_kwargs: int,
-) -> Aggregator:
+) -> Aggregator | instances.InstanceAggregator:
     """An :class:`~xpatch.Aggregator` over the grid of ``obj`` (``obj.patch.aggregator``).
 
     Examples
@@ -215,6 +225,11 @@ def aggregator(
     _check_chunks(chunks, g, out)
     overwrite = flag(overwrite, "overwrite")
     obj = spatial_subset(obj, g.dims)
+    if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
+        return instances.aggregator(
+            obj, g, merge=merge, iou=iou, chunks=chunks, out=out, overwrite=overwrite,
+            on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
+        )  # fmt: skip
     options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims)  # type: ignore[arg-type]
     sink = None
     if out is not None:
