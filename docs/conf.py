@@ -4,14 +4,24 @@ Build (from the repository root, warnings are errors)::
 
     sphinx-build -W -b html docs docs/_build/html
 
-The figures under ``_static/figures/`` are drawn by ``make_figures.py`` at the
-start of every build (a few seconds), so they always show what the code does.
+Every picture is drawn by code during the build, so it shows what the code does:
+
+- the figures under ``_static/figures/`` by ``make_figures.py``, at the start;
+- the figure of each user-guide page by its own ```` ```{plot} ```` blocks
+  (matplotlib's plot directive), which run on with the page's code;
+- the gallery (``generated/gallery/``) by running every script of ``examples/``
+  (sphinx-gallery), with the figures and printed output of each block.
+
+Links to other projects (xarray, numpy, dask...) come from their intersphinx
+inventories, fetched online; where the network is out of reach a small inventory
+written by ``_offline_inventories.py`` stands in, so the build still passes.
 """
 
 from __future__ import annotations
 
 import runpy
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +30,10 @@ import sphinx_autosummary_accessors
 import xpatch
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # _gallery and _offline_inventories
+
+import _gallery  # noqa: E402
+import _offline_inventories  # noqa: E402
 
 # -- figures --------------------------------------------------------------------
 # Draw the pictures from code before reading the pages that show them.
@@ -42,6 +56,9 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
+    "sphinx.ext.intersphinx",
+    "matplotlib.sphinxext.plot_directive",
+    "sphinx_gallery.gen_gallery",
     "numpydoc",
     "sphinx_autosummary_accessors",
     "myst_parser",
@@ -49,7 +66,7 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "generated/gallery/*.ipynb"]
 templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
 
 # -- autodoc / autosummary / numpydoc ---------------------------------------------
@@ -60,6 +77,60 @@ numpydoc_show_class_members = False  # methods are listed on the API page instea
 numpydoc_class_members_toctree = False
 numpydoc_validation_checks: set[str] = set()
 numpydoc_xref_param_type = False
+
+# -- intersphinx ----------------------------------------------------------------
+# Online inventory first, the stand-in second (see _offline_inventories.py).
+_INVENTORIES = _offline_inventories.write(Path(tempfile.mkdtemp(prefix="xpatch-inv-")))
+_PROJECTS = {
+    "python": "https://docs.python.org/3/",
+    "numpy": "https://numpy.org/doc/stable/",
+    "scipy": "https://docs.scipy.org/doc/scipy/",
+    "xarray": "https://docs.xarray.dev/en/stable/",
+    "dask": "https://docs.dask.org/en/stable/",
+    "distributed": "https://distributed.dask.org/en/stable/",
+    "zarr": "https://zarr.readthedocs.io/en/stable/",
+    "torch": "https://docs.pytorch.org/docs/stable/",
+    "matplotlib": "https://matplotlib.org/stable/",
+    "rioxarray": "https://corteva.github.io/rioxarray/stable/",
+}
+intersphinx_mapping = {
+    name: (url, (None, str(_INVENTORIES[name]))) for name, url in _PROJECTS.items()
+}
+intersphinx_timeout = 10  # seconds per inventory; then the stand-in is used
+
+# -- figures of the guide pages: matplotlib's plot directive --------------------------
+# A page's ```{plot} blocks show their code and the figures it draws; they run in a
+# temporary folder (pages write zarr stores and netCDF files), with nothing
+# imported beforehand: the blocks import what they use, like the page's other code.
+plot_include_source = True
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 100)]
+plot_pre_code = ""
+plot_working_directory = tempfile.mkdtemp(prefix="xpatch-plots-")
+plot_rcparams = {"figure.dpi": 100, "font.size": 11, "savefig.bbox": "tight"}
+
+# -- the gallery: sphinx-gallery --------------------------------------------------
+_RUN, _NOT_RUN = _gallery.runnable_pattern()
+if _NOT_RUN:
+    print(f"gallery: shown without running (a package is missing): {_NOT_RUN}", file=sys.stderr)
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "generated/gallery",  # generated at build time, not committed
+    "filename_pattern": _RUN,
+    "ignore_pattern": r"__init__\.py|^_",
+    "within_subsection_order": "_gallery.ExampleOrder",
+    "reset_argv": "_gallery.reset_argv",
+    "abort_on_example_error": True,  # an example that raises fails the build
+    "write_computation_times": False,  # no sg_execution_times.rst in the sources
+    "download_all_examples": False,
+    "show_signature": False,
+    "remove_config_comments": True,
+    "min_reported_time": 3600,  # no "Total running time" noise on the pages
+    "capture_repr": (),
+    "image_srcset": ["2x"],
+    "matplotlib_animations": False,
+}
 
 # -- MyST -----------------------------------------------------------------------
 myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
@@ -75,12 +146,24 @@ html_theme_options = {
     "show_toc_level": 2,
     "navbar_align": "left",
     "secondary_sidebar_items": ["page-toc"],
-    "footer_start": ["copyright"],
+    "footer_start": ["copyright", "footer-source"],
     "footer_end": ["sphinx-version"],
+    "icon_links": [
+        {
+            "name": "Source on GitHub",
+            "url": "https://github.com/xpatch-dev/xpatch",
+            "icon": "fa-brands fa-github",
+        }
+    ],
+}
+# The source link and the licence, in the footer of every page (footer-source.html).
+html_context = {
+    "source_url": "https://github.com/xpatch-dev/xpatch",
+    "licence": "BSD-3-Clause",
+    "licence_url": "https://github.com/xpatch-dev/xpatch/blob/main/LICENSE",
 }
 # Pages without sub-pages need no section navigation.
 html_sidebars = {
-    page: []
-    for page in ("index", "getting-started", "examples", "coming-from", "design", "benchmarks")
+    page: [] for page in ("index", "getting-started", "coming-from", "design", "benchmarks")
 }
 html_show_sourcelink = False

@@ -8,8 +8,13 @@ unless it is added to ``OUTPUTS``.
 
 The ```` ```python ```` blocks of each page of the user documentation (docs/*.md)
 run the same way, top to bottom, as one script per page, so the docs cannot drift
-from the code. Blocks meant to be read only (other libraries' code) use another
-fence, such as ```` ```{code-block} python ````.
+from the code; so do its ```` ```{plot} ```` blocks (the code that draws the page's
+figure at build time, matplotlib's plot directive), in their place among the others,
+less their ``:option:`` lines. Blocks meant to be read only (other libraries' code)
+use another fence, such as ```` ```{code-block} python ````.
+
+The examples are also the documentation's gallery (sphinx-gallery runs them during
+the build); these tests run them as plain scripts.
 
 A script or page that imports an optional package of ``OPTIONAL`` (PyTorch, which
 the ``test`` extra does not install) is skipped where that package is missing.
@@ -35,28 +40,34 @@ PAGES = sorted(p for p in DOCS.glob("*.md") if p.name not in {"design.md", "benc
 # The output each script is asked to write (its first argument).
 OUTPUTS = {
     "quickstart.py": "quickstart.png",
-    "geoscience.py": "ndvi.nc",
+    "geoscience.py": "ndvi.tif",
     "microscopy.py": "labels.zarr",
     "pytorch_dataloader.py": "prediction.nc",
 }
 TIMEOUT = 300  # seconds: a hung script fails instead of stalling CI
 # Packages a script or page may import that the ``test`` extra does not install:
 # where one is missing, the script or page is skipped instead of failing.
-OPTIONAL = {"torch"}
+OPTIONAL = {"torch", "rioxarray", "rasterio"}
 
 
 def python_blocks(page: Path) -> list[str]:
-    """The code of every ```` ```python ```` fenced block of a Markdown page, in order."""
+    """The code of every ```` ```python ```` and ```` ```{plot} ```` block of a Markdown
+    page, in order (a plot block less its leading ``:option:`` lines)."""
     blocks: list[str] = []
     current: list[str] | None = None
+    options = False
     for line in page.read_text().splitlines():
         if current is None:
-            if line.strip() == "```python":
+            if line.strip() in ("```python", "```{plot}"):
                 current = []
+                options = line.strip() == "```{plot}"
+        elif options and line.startswith(":") and line.count(":") >= 2:
+            continue  # an option of the plot directive
         elif line.strip() == "```":
             blocks.append("\n".join(current))
             current = None
         else:
+            options = False
             current.append(line)
     assert current is None, f"{page.name}: unclosed code block"
     return blocks

@@ -21,7 +21,7 @@ from xpatch.errors import DimensionError, GridError
 
 __all__ = ["plot_grid"]
 
-# Percentiles an RGB composite is stretched between, per channel.
+# Percentiles an RGB composite is stretched between (all channels together).
 STRETCH = (2.0, 98.0)
 
 
@@ -47,14 +47,12 @@ def _label(image: Any, dim: Hashable) -> str:
 
 
 def _stretch(rgb: np.ndarray) -> np.ndarray:
-    """Each channel of (y, x, 3) scaled to [0, 1] between its 2nd and 98th percentiles."""
-    out = np.empty(rgb.shape, dtype=float)
-    for k in range(rgb.shape[-1]):
-        channel = rgb[..., k].astype(float)
-        finite = channel[np.isfinite(channel)]
-        lo, hi = np.percentile(finite, STRETCH) if finite.size else (0.0, 1.0)
-        out[..., k] = np.clip((channel - lo) / (hi - lo if hi > lo else 1.0), 0, 1)
-    return np.nan_to_num(out)
+    """(y, x, 3) scaled to [0, 1] between the 2nd and 98th percentiles of all three
+    channels together (one stretch keeps the colour balance)."""
+    values = rgb.astype(float)
+    finite = values[np.isfinite(values)]
+    lo, hi = np.percentile(finite, STRETCH) if finite.size else (0.0, 1.0)
+    return np.nan_to_num(np.clip((values - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
 
 
 def _select(image: Any, grid: Any, band: Any, rgb: Any) -> tuple[np.ndarray, bool]:

@@ -263,10 +263,79 @@ class PatchGrid(Sequence[Window]):
             )
             for d in self.dims
         )
+        self.kept: np.ndarray | None = None
+        self._index()
+
+    def _index(self) -> None:
         self._counts = tuple(len(a.starts) for a in self.axes)
         self._slices = tuple(
             [slice(int(a), int(b)) for a, b in zip(ax.starts, ax.stops)] for ax in self.axes
         )
+
+    @classmethod
+    def from_axes(
+        cls,
+        axes: Sequence[AxisPlan],
+        size: Mapping[Hashable, int],
+        step: Mapping[Hashable, int],
+        border: Border,
+        pad_mode: PadMode | None = None,
+        kept: np.ndarray | None = None,
+    ) -> PatchGrid:
+        """A grid of explicitly given per-axis plans (internal: the windows widened by a
+        halo, or scaled to an output at another resolution; see :mod:`xpatch._patchmap`).
+
+        Examples
+        --------
+        >>> g = PatchGrid({"x": 10}, {"x": 4}, step=3)
+        >>> ax = g.axes[0]
+        >>> wide = PatchGrid.from_axes(
+        ...     [AxisPlan("x", 20, ax.starts * 2, ax.sizes * 2)], {"x": 8}, {"x": 6}, "squeeze"
+        ... )
+        >>> wide[1]
+        <Window 1: x=6:14>
+        """
+        grid = cls.__new__(cls)
+        grid.dims = tuple(ax.dim for ax in axes)
+        grid.lengths = {ax.dim: int(ax.length) for ax in axes}
+        grid.size = {d: int(size[d]) for d in grid.dims}
+        grid.step = {d: int(step[d]) for d in grid.dims}
+        grid.border = border
+        grid.pad_mode = pad_mode
+        grid.axes = tuple(axes)
+        grid.kept = kept
+        grid._index()
+        return grid
+
+    def with_kept(self, kept: np.ndarray | None) -> PatchGrid:
+        """This grid with only the windows flagged in ``kept`` sampled (a mask; see
+        :attr:`kept`). Indices and positions stay those of the full grid.
+
+        Examples
+        --------
+        >>> g = PatchGrid({"x": 10}, {"x": 4}, step=3).with_kept(np.array([True, False, True]))
+        >>> len(g), g.n_kept, [w.index for w in g.kept_windows()]
+        (3, 2, [0, 2])
+        """
+        if kept is not None:
+            kept = np.asarray(kept, dtype=bool).reshape(-1)
+            if kept.shape != (len(self),):
+                raise ValueError(f"kept has {kept.size} flags for a grid of {len(self)} windows")
+            kept.flags.writeable = False
+        return PatchGrid.from_axes(
+            self.axes, self.size, self.step, self.border, self.pad_mode, kept
+        )
+
+    @property
+    def n_kept(self) -> int:
+        """How many windows are sampled (all, unless a mask skips some)."""
+        return len(self) if self.kept is None else int(self.kept.sum())
+
+    def kept_windows(self) -> Iterator[Window]:
+        """The windows that are sampled, in grid order (all unless a mask skips some)."""
+        if self.kept is None:
+            return iter(self)
+        return (self[int(i)] for i in np.flatnonzero(self.kept))
 
     # --- Sequence protocol -------------------------------------------------
     def __len__(self) -> int:
@@ -335,6 +404,11 @@ class PatchGrid(Sequence[Window]):
         return dict(zip(self.dims, self._counts))
 
     @property
+    def shape_tuple(self) -> tuple[int, ...]:
+        """Number of patches along each spatial dim, in the grid's dim order."""
+        return self._counts
+
+    @property
     def starts(self) -> dict[Hashable, np.ndarray]:
         """Per-axis patch starts (index space of the source array)."""
         return {ax.dim: ax.starts.copy() for ax in self.axes}
@@ -391,12 +465,26 @@ class PatchGrid(Sequence[Window]):
             "step": [self.step[d] for d in self.dims],
             "border": self.border,
             "pad_mode": self.pad_mode,
+            **({"starts": [ax.starts.tolist() for ax in self.axes]} if self._explicit() else {}),
+            **({"kept": _digest(self.kept)} if self.kept is not None else {}),
         }
+
+    def _explicit(self) -> bool:
+        """True if the starts are not those the border mode gives (a derived grid)."""
+        return any(
+            not np.array_equal(
+                ax.starts,
+                axis_starts(ax.length, self.size[ax.dim], self.step[ax.dim], self.border)[0],
+            )
+            for ax in self.axes
+        )
 
     def __repr__(self) -> str:
         lines = [f"<PatchGrid {len(self)} patches, border={self.border!r}"]
         if self.pad_mode is not None:
             lines[0] += f", pad_mode={self.pad_mode!r}"
+        if self.kept is not None:
+            lines[0] += f", {self.n_kept} kept by the mask"
         for ax, n in zip(self.axes, self._counts):
             d = ax.dim
             lines.append(
@@ -435,8 +523,8 @@ class PatchGrid(Sequence[Window]):
             Show the one band with this label of the image's non-spatial dim.
         rgb : True or sequence of three labels, optional
             Show three bands of the image's non-spatial dim as red, green and blue
-            (``True``: the dim holds exactly three), each stretched between its 2nd
-            and 98th percentiles.
+            (``True``: the dim holds exactly three), stretched together between
+            their 2nd and 98th percentiles.
         cmap : str, default: "gray"
             Colormap of a one-band image.
         **kwargs
@@ -473,3 +561,10 @@ class PatchGrid(Sequence[Window]):
         from xpatch._plot import plot_grid
 
         return plot_grid(self, image, ax, band=band, rgb=rgb, cmap=cmap, **kwargs)
+
+
+def _digest(flags: np.ndarray) -> str:
+    """A short, stable digest of a boolean mask (for :meth:`PatchGrid.signature`)."""
+    import hashlib
+
+    return hashlib.sha1(np.packbits(flags).tobytes()).hexdigest()[:16]
