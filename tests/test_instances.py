@@ -16,7 +16,7 @@ import xarray as xr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import xpatch
+import xpatch  # noqa: F401  (registers .patch)
 from xpatch._instances import smallest_uint
 from xpatch.errors import (
     AggregationError,
@@ -257,7 +257,8 @@ def test_store_resume_refuses_another_func(image2d, tmp_path):
     with pytest.raises(RuntimeError):
         image2d.patch.apply(dies, out=path, **kwargs)
     with pytest.raises(StoreError, match="another func"):
-        image2d.patch.apply(lambda p: label(p) * (np.asarray(p) > 2), out=path, resume=True, **kwargs)
+        other = lambda p: label(p) * (np.asarray(p) > 2)  # noqa: E731
+        image2d.patch.apply(other, out=path, resume=True, **kwargs)
     with pytest.raises(StoreError, match="another configuration"):
         image2d.patch.apply(label, out=path, resume=True, **{**kwargs, "iou": 0.9})
     out = image2d.patch.apply(label, out=path, resume=True, **kwargs)
@@ -305,9 +306,12 @@ def test_dask_is_lazy_and_matches(volume3d):
 
 def test_dask_on_a_local_cluster(image2d):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as cluster, distributed.Client(cluster):
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
         lazy = image2d.chunk(64).patch.apply(label, y=96, x=96, step=48, merge="instances")
         out = lazy.compute()
     assert same_partition(out, label(image2d))
