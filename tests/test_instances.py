@@ -126,13 +126,33 @@ def test_3d_matches_labelling_the_whole_volume(volume3d, chunks):
     assert same_partition(out, truth)
 
 
-def test_object_larger_than_the_overlap_is_joined_by_iou():
+@pytest.mark.parametrize("chunks", [None, 16])
+def test_object_larger_than_the_overlap_is_joined_by_iou(chunks):
     img = np.zeros((60, 200), np.float32)
     img[20:25, 5:195] = 1  # a bar crossing every window along x
     img[40:44, 10:14] = 1
     da = xr.DataArray(img, dims=("y", "x"))
-    out = da.patch.apply(label, y=60, x=40, step=30, merge="instances")
+    out = da.patch.apply(label, y=60, x=40, step=30, chunks=chunks, merge="instances")
     assert same_partition(out, label(img))
+
+
+def test_iou_decides_when_parts_that_disagree_are_one_object():
+    """Every other window sees the bar one row thinner: its parts overlap their
+    neighbours' with IoU 4/5 over the shared columns."""
+    img = np.zeros((60, 200), np.float32)
+    img[20:25, 5:195] = 1
+    da = xr.DataArray(img, dims=("y", "x"), coords={"y": np.arange(60), "x": np.arange(200)})
+
+    def uneven(p):
+        lab = label(p)
+        if int(p.x[0]) // 30 % 2:
+            lab[20] = 0
+        return lab
+
+    joined = da.patch.apply(uneven, y=60, x=40, step=30, merge="instances", iou=0.75)
+    split = da.patch.apply(uneven, y=60, x=40, step=30, merge="instances", iou=0.85)
+    assert int(joined.max()) == 1
+    assert int(split.max()) > 1
 
 
 def test_cut_objects_come_from_the_window_that_sees_them_whole():

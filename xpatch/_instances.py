@@ -241,23 +241,24 @@ def _meetings(pieces: Sequence[Piece]) -> Stats:
         a = p.labels[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, p.box))]
         b = q.labels[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, q.box))]
         both = (a > 0) & (b > 0)
-        if not both.any():
-            continue  # no object meets another here: sizes are never asked for
-        ka, kb = _prov(p.index, a[both]), _prov(q.index, b[both])
-        u, n = np.unique(np.stack([ka, kb], axis=1), axis=0, return_counts=True)
-        pairs.append(u)
-        inter.append(n)
+        if both.any():
+            ka, kb = _prov(p.index, a[both]), _prov(q.index, b[both])
+            u, n = np.unique(np.stack([ka, kb], axis=1), axis=0, return_counts=True)
+            pairs.append(u)
+            inter.append(n)
+        # sizes in the shared region count here even where nothing meets: the two
+        # objects may meet in another chunk of the same region
         for own, other, labels in ((p, q, a), (q, p, b)):
             ids, counts = np.unique(labels[labels > 0], return_counts=True)
             sizes_of.append(
                 np.stack([_prov(own.index, ids), np.full(len(ids), other.index, np.uint64)], 1)
             )
             sizes.append(counts)
-    if not pairs:
+    if not sizes:
         return Stats()
     return Stats(
-        np.concatenate(pairs),
-        np.concatenate(inter).astype(np.int64),
+        np.concatenate(pairs) if pairs else np.zeros((0, 2), np.uint64),
+        np.concatenate(inter).astype(np.int64) if inter else np.zeros(0, np.int64),
         np.concatenate(sizes_of),
         np.concatenate(sizes).astype(np.int64),
     )
