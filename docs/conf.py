@@ -8,7 +8,7 @@ Every picture is drawn by code during the build, so it shows what the code does:
 
 - the figures under ``_static/figures/`` by ``make_figures.py``, at the start;
 - the figure of each user-guide page by its own ```` ```{plot} ```` blocks
-  (matplotlib's plot directive), which run on with the page's code;
+  (``_plot_blocks.py``), which run on with the page's code;
 - the gallery (``generated/gallery/``) by running every script of ``examples/``
   (sphinx-gallery), with the figures and printed output of each block.
 
@@ -30,7 +30,7 @@ import sphinx_autosummary_accessors
 import xpatch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # _gallery and _offline_inventories
+sys.path.insert(0, str(HERE))  # _gallery, _offline_inventories, _plot_blocks
 
 import _gallery  # noqa: E402
 import _offline_inventories  # noqa: E402
@@ -57,7 +57,7 @@ extensions = [
     "sphinx.ext.mathjax",
     "sphinx.ext.viewcode",
     "sphinx.ext.intersphinx",
-    "matplotlib.sphinxext.plot_directive",
+    "_plot_blocks",  # ```{plot} blocks of the guide pages
     "sphinx_gallery.gen_gallery",
     "numpydoc",
     "sphinx_autosummary_accessors",
@@ -97,18 +97,6 @@ intersphinx_mapping = {
     name: (url, (None, str(_INVENTORIES[name]))) for name, url in _PROJECTS.items()
 }
 intersphinx_timeout = 10  # seconds per inventory; then the stand-in is used
-
-# -- figures of the guide pages: matplotlib's plot directive --------------------------
-# A page's ```{plot} blocks show their code and the figures it draws; they run in a
-# temporary folder (pages write zarr stores and netCDF files), with nothing
-# imported beforehand: the blocks import what they use, like the page's other code.
-plot_include_source = True
-plot_html_show_source_link = False
-plot_html_show_formats = False
-plot_formats = [("png", 100)]
-plot_pre_code = ""
-plot_working_directory = tempfile.mkdtemp(prefix="xpatch-plots-")
-plot_rcparams = {"figure.dpi": 100, "font.size": 11, "savefig.bbox": "tight"}
 
 # -- the gallery: sphinx-gallery --------------------------------------------------
 _RUN, _NOT_RUN = _gallery.runnable_pattern()

@@ -6,10 +6,11 @@ hand to look at the figures without building the docs::
 
     python docs/make_figures.py [output-folder]   # default: docs/_static/figures
 
-Figures (PNG, about 80 dpi):
+Figures (PNG, 100 dpi):
 
 - ``border_modes.png``: the grid of each border mode over scikit-image's bundled
-  ``camera`` picture.
+  ``camera`` picture, and the patches along x of each (3 + 3 panels, readable at
+  page width).
 - ``kernels.png``: the 1-D weight kernels and two of their 2-D products.
 - ``blending_1d.png``: the final (normalised) weight of each patch along one axis.
 - ``coverage.png``: how many patches cover each pixel, and the blending denominator.
@@ -36,7 +37,7 @@ from skimage import data
 
 import xpatch
 
-DPI = 80
+DPI = 100
 OUT = Path(__file__).resolve().parent / "_static" / "figures"
 BORDERS = ("squeeze", "edge", "adaptive", "crop", "pad")
 # PNG metadata without the matplotlib version, so the files only change when the picture does.
@@ -61,19 +62,22 @@ def _save(fig: Figure, out: Path, name: str) -> Path:
 def border_modes(out: Path) -> Path:
     """The grid of each border mode over the camera picture (patch 180, step 150).
 
-    Top row: every window over the image. Bottom row: the patches along x alone,
+    Laid out 3 + 3 so that it stays readable at page width: one panel per mode (every
+    window over the image), and a last panel with the patches along x of every mode,
     one bar each, so starts, sizes and overlaps can be read off.
     """
     da = camera()
     size, step = 180, 150
     n = da.sizes["x"]
-    fig = Figure(figsize=(16, 5.0), layout="constrained")
-    axes = fig.subplots(2, len(BORDERS), height_ratios=(4, 1.1), sharex="col")
-    for col, border in enumerate(BORDERS):
-        ax, bars = axes[0, col], axes[1, col]
+    fig = Figure(figsize=(10, 7.4), layout="constrained")
+    axes = fig.subplots(2, 3).flat
+    image_extent = (-0.5, n - 0.5, n - 0.5, -0.5)
+    grids = {}
+    for ax, border in zip(axes, BORDERS):
         pad_mode = "reflect" if border == "pad" else None
-        grid = da.patch.grid(y=size, x=size, step=step, border=border, pad_mode=pad_mode)
-        image_extent = (-0.5, n - 0.5, n - 0.5, -0.5)
+        grid = grids[border] = da.patch.grid(
+            y=size, x=size, step=step, border=border, pad_mode=pad_mode
+        )
         if border == "pad":
             # Show the virtual padding (reflect) around the image, and the image's outline.
             (b_y, a_y), (b_x, a_x) = grid.pad_width["y"], grid.pad_width["x"]
@@ -81,30 +85,35 @@ def border_modes(out: Path) -> Path:
             extent = (-b_x - 0.5, n + a_x - 0.5, n + a_y - 0.5, -b_y - 0.5)
             ax.imshow(padded, cmap="gray", extent=extent, alpha=0.45)
             ax.imshow(da.values, cmap="gray", extent=image_extent)
-            ax.add_patch(Rectangle((-0.5, -0.5), n, n, fill=False, ls="--", ec="white", lw=1.5))
-            grid.plot(ax=ax, linewidth=1.6)
+            ax.add_patch(Rectangle((-0.5, -0.5), n, n, fill=False, ls="--", ec="white", lw=2))
+            grid.plot(ax=ax, linewidth=2)
         else:
-            grid.plot(da.values, ax=ax, linewidth=1.6)
+            grid.plot(da.values, ax=ax, linewidth=2)
         if border == "crop":
             # Elements no patch covers get fill_value (NaN) in the aggregated output.
             cov = grid.coverage()
             covered = np.multiply.outer(cov["y"], cov["x"]) > 0
             shade = np.ma.masked_where(covered, np.ones(covered.shape))
-            ax.imshow(shade, cmap="autumn", alpha=0.5, extent=image_extent)
-        starts, sizes = grid.starts["x"], grid.sizes["x"]
-        for i, (start, length) in enumerate(zip(starts, sizes)):
-            bars.barh(i, length, left=start - 0.5, height=0.7, color=f"C{i}", alpha=0.8)
-        for edge in (-0.5, n - 0.5):
-            bars.axvline(edge, color="k", ls="--", lw=1)
-        bars.set_ylim(len(starts) - 0.4, -0.6)
-        bars.set_yticks([])
-        bars.set_xlabel("x")
-        ax.set_title(
-            f"border={border!r}: {len(grid)} patches\nstarts along x: "
-            + ", ".join(str(s) for s in starts),
-            fontsize=11,
-        )
+            ax.imshow(shade, cmap="autumn", alpha=0.6, extent=image_extent)
+        ax.set_title(f'border="{border}": {len(grid)} patches', fontsize=13)
         ax.tick_params(left=False, labelleft=False, bottom=False, labelbottom=False)
+    bars = fig.axes[-1]  # the sixth panel
+    for row, grid in enumerate(grids.values()):
+        for k, (start, length) in enumerate(zip(grid.starts["x"], grid.sizes["x"])):
+            bars.barh(
+                row + 0.22 * (k % 2) - 0.11,
+                length,
+                left=start - 0.5,
+                height=0.2,
+                color=f"C{k}",
+                alpha=0.9,
+            )
+    for edge in (-0.5, n - 0.5):
+        bars.axvline(edge, color="k", ls="--", lw=1)
+    bars.set_yticks(range(len(BORDERS)), [f'"{b}"' for b in BORDERS], fontsize=12)
+    bars.set_ylim(len(BORDERS) - 0.5, -0.5)
+    bars.set_xlabel("x (pixels); dashed: the image's edges", fontsize=11)
+    bars.set_title("the patches along x", fontsize=13)
     return _save(fig, out, "border_modes.png")
 
 
