@@ -16,6 +16,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._options import ApplyOptions
+from xpatch._patchmap import PatchMap
 from xpatch._sampling import Sampler
 from xpatch._structure import Meta, ResultSpec, Variables
 from xpatch.grid import PatchGrid
@@ -30,6 +31,8 @@ def write_to_store(
     grid: PatchGrid,
     options: ApplyOptions,
     sink: Any,
+    pm: PatchMap | None = None,
+    keep: Callable[[Any], Any] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """``apply(out=...)`` on dask-backed input: the workers compute and write the blocks.
 
@@ -45,11 +48,11 @@ def write_to_store(
 
     from xpatch._store_safety import Fingerprinting
 
-    builder = _GraphBuilder(obj, func, grid, options)
+    builder = _GraphBuilder(obj, func, grid, options, pm, keep)
     layout = builder.learn_layout()
     if not sink.created:
-        first = grid[0]
-        sampler = Sampler(obj, grid)
+        first = builder.grid[0]
+        sampler = Sampler(obj, builder.grid)
         batched = options.batch_size is not None
         patch = sampler.batch([first], options.batch_dim) if batched else sampler(first)
         Fingerprinting(func, sink.keep_fingerprint, options)(patch.compute())

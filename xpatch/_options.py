@@ -91,6 +91,9 @@ class ApplyOptions:
         where the user put it.
     out, resume, progress, overwrite
         As given to ``apply``.
+    scale : dict or None
+        Output elements per input element per spatial dim, as given to ``apply``;
+        None: found from the first result.
     """
 
     blend: BlendOptions = field(default_factory=BlendOptions)
@@ -101,6 +104,7 @@ class ApplyOptions:
     resume: bool = False
     progress: bool = False
     overwrite: bool = False
+    scale: dict[Hashable, Any] | None = None
 
     @classmethod
     def make(
@@ -119,6 +123,7 @@ class ApplyOptions:
         resume: bool,
         progress: bool,
         overwrite: bool = False,
+        scale: dict[Hashable, Any] | None = None,
     ) -> ApplyOptions:
         """Validate the arguments of ``apply`` for a source with ``source_dims``.
 
@@ -166,4 +171,4 @@ class ApplyOptions:
             fill_value=fill_value,
             output_dims=output_dims,
         )
-        return cls(blend, batch_size, batch_dim, batched, out, resume, progress, overwrite)
+        return cls(blend, batch_size, batch_dim, batched, out, resume, progress, overwrite, scale)

@@ -328,9 +328,13 @@ class Fingerprinting:
     the first call of a fresh run is window 0; a batch labels its windows)."""
 
     def __init__(
-        self, func: Callable[[Any], Any], keep: Callable[[Any], None], options: ApplyOptions
+        self,
+        func: Callable[[Any], Any],
+        keep: Callable[[Any], None],
+        options: ApplyOptions,
+        first: int = 0,
     ) -> None:
-        self.func, self.keep, self.armed = func, keep, True
+        self.func, self.keep, self.armed, self.first = func, keep, True, first
         self.batch_dim = options.batch_dim if options.batch_size is not None else None
         self.axis = _batch_axis(options, self.batch_dim)
 
@@ -339,7 +343,9 @@ class Fingerprinting:
         if self.armed:
             self.armed = False
             try:
-                window = 0 if self.batch_dim is None else int(patch[self.batch_dim].values[0])
+                window = (
+                    self.first if self.batch_dim is None else int(patch[self.batch_dim].values[0])
+                )
                 fp = fingerprint(result, window, self.batch_dim, self.axis, None)
                 fp["batched"] = self.batch_dim is not None
                 self.keep(fp)

@@ -173,6 +173,9 @@ class Aggregator:
             sink if sink is not None else MemorySink(grid.lengths, self._template, self._name)
         )
         self._tally = Tally(len(grid), plan.layout.waiting())
+        # windows a mask skips (the grid's) or a predicate dropped: not waited for, and
+        # the chunks they touch are normalised over the windows actually added
+        self._kept: np.ndarray | None = None if grid.kept is None else grid.kept.copy()
         self._single: ChunkPosition | None = (0,) * len(self.dims) if plan.layout.single else None
         self._single_touched = (self._single,)
         self._spec = spec
@@ -215,6 +218,10 @@ class Aggregator:
         later ``add`` or by :meth:`result`. The result is the same either way.
         """
         window = self._locate(result) if window is None else check_window(self.grid, window)
+        if self._kept is not None and not self._kept[window.index]:
+            raise AggregationError(
+                f"{window!r} is skipped by the mask (or was dropped): it takes no result"
+            )
         self.add_result([result], window)
 
     def add_result(self, box: list[Any], window: Window) -> None:
@@ -369,6 +376,8 @@ class Aggregator:
         spatial_check(variables, dict(zip(self.dims, window.shape)), what)
         if self._spec is None:
             self._spec = self._acc.spec = ResultSpec(self.dims, variables, meta)
+            if self._kept is not None:
+                self.finish_idle()
         else:
             self._spec.check(variables, what)
         if only is not None:
@@ -422,6 +431,39 @@ class Aggregator:
         for i, window in enumerate(rest, 1):
             self._add_checked(window, {n: (d, arr[i]) for n, d, arr in per})
 
+    def drop(self, window: Window) -> None:
+        """Leave ``window`` out: no result comes for it (a predicate refused its patch).
+
+        The chunks it touches stop waiting for it and are normalised over the windows
+        actually added; where none covers, they get ``fill_value``.
+        """
+        window = check_window(self.grid, window)
+        if self._tally.added[window.index]:
+            raise AggregationError(f"{window!r} was already added; it cannot be dropped")
+        if self._kept is None:
+            self._kept = np.ones(len(self.grid), dtype=bool)
+        if not self._kept[window.index]:
+            return
+        self._kept[window.index] = False
+        tally = self._tally
+        for cpos in self.layout.touched(window.position):
+            flat = tally.flat(cpos)
+            if tally.finished[flat]:
+                continue
+            tally.waiting[flat] -= 1
+            if not tally.waiting[flat] and self._spec is not None:
+                self.finish_chunk(cpos)
+
+    def finish_idle(self) -> None:
+        """Finish the chunks no window is left for (a mask skipped all of theirs), once
+        the first result fixed the layout (internal)."""
+        if self._spec is None:
+            return
+        tally = self._tally
+        idle = (np.asarray(tally.waiting) == 0) & ~np.frombuffer(tally.finished, dtype=bool)
+        for flat in np.flatnonzero(idle):
+            self.finish_chunk(tuple(int(c) for c in np.unravel_index(flat, tally.shape)))
+
     def skip_finished(self, done: np.ndarray) -> np.ndarray:
         """Treat the chunks flagged in ``done`` as finished elsewhere (resume).
 
@@ -450,7 +492,7 @@ class Aggregator:
         if self._tally.finished[flat]:
             return
         buffers, weight_sum = self._acc.take(cpos, partial)
-        added = self._tally.added_mask() if partial else None
+        added = self._tally.added_mask() if partial or self._kept is not None else None
         assert self._spec is not None
         variables, meta = self._finisher(cpos, buffers, self._spec, weight_sum, added)
         self._sink.write(self.layout.region(cpos), variables, meta)
@@ -497,7 +539,10 @@ class Aggregator:
         """
         self.settle()
         tally = self._tally
-        missing = np.flatnonzero(~tally.added_mask())
+        wanted = ~tally.added_mask()
+        if self._kept is not None:
+            wanted &= self._kept
+        missing = np.flatnonzero(wanted)
         if len(missing) and not partial:
             first = ", ".join(repr(self.grid[int(i)]) for i in missing[:3])
             raise IncompleteError(

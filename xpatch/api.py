@@ -16,12 +16,14 @@ import xarray as xr
 
 from xpatch import _apply, instances, parallel, store
 from xpatch._dtypes import DEFAULT
+from xpatch._mask import kept_by_mask
 from xpatch._options import ApplyOptions, BlendOptions
+from xpatch._patchmap import PatchMap, as_scale
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._structure import spatial_subset
 from xpatch._types import Border, PadMode
-from xpatch._validate import check_dims, flag, foreign_keywords, size_without_dims
+from xpatch._validate import check_dims, flag, foreign_keywords, is_int, size_without_dims
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.errors import DimensionError, GridError
@@ -42,11 +44,14 @@ def grid(
     step: int | Mapping[Hashable, int] | None = None,
     border: Border = "squeeze",
     pad_mode: PadMode | None = None,
+    mask: xr.DataArray | None = None,
     **size_kwargs: int,
 ) -> PatchGrid:
     """The grid of patches over the named dims of ``obj`` (``obj.patch.grid``).
 
-    Spatial dims are ordered as in ``obj``, whatever the order of the sizes.
+    Spatial dims are ordered as in ``obj``, whatever the order of the sizes. A
+    boolean ``mask`` over the spatial dims (any resolution, aligned by coordinates)
+    marks the windows over which it holds no True as skipped (``grid.kept``).
 
     Examples
     --------
@@ -69,9 +74,12 @@ def grid(
         set(dims) <= set(v.dims) for v in obj.data_vars.values()
     ):
         raise DimensionError(f"no data variable of the Dataset has all the spatial dims {dims}")
-    return PatchGrid(
+    g = PatchGrid(
         {d: obj.sizes[d] for d in dims}, {d: sizes[d] for d in dims}, step, border, pad_mode
     )
+    if mask is not None:
+        g = g.with_kept(kept_by_mask(obj, g, mask))
+    return g
 
 
 def sample(
@@ -141,6 +149,9 @@ def apply(
     resume: bool = False,
     progress: bool = False,
     overwrite: bool = False,
+    halo: int | Mapping[Hashable, int] | None = None,
+    scale: float | Mapping[Hashable, float] | None = None,
+    mask: xr.DataArray | Callable[[Any], Any] | None = None,
     merge: str | None = None,
     iou: float = 0.5,
     **size_kwargs: int,
@@ -161,12 +172,18 @@ def apply(
     """
     g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
     _check_chunks(chunks, g, out)
+    keep = None
+    if callable(mask) and not isinstance(mask, xr.DataArray):
+        keep = mask
+    elif mask is not None:
+        g = g.with_kept(kept_by_mask(obj, g, mask))
+    pm = PatchMap.make(g, _halo(halo, g.dims), _scales(scale, g.dims))
     obj = spatial_subset(obj, g.dims)
     if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
         return instances.apply(
             obj, func, g, merge=merge, iou=iou, chunks=chunks, out=out, resume=resume,
             overwrite=overwrite, progress=progress, batch_size=batch_size, on_chunk=on_chunk,
-            fill_value=fill_value, output_dims=output_dims,
+            fill_value=fill_value, output_dims=output_dims, halo=halo, scale=scale, keep=keep,
         )  # fmt: skip
     options = ApplyOptions.make(
         tuple(obj.dims),
@@ -182,12 +199,13 @@ def apply(
         resume=resume,
         progress=progress,
         overwrite=overwrite,
+        scale=None if scale is None else dict(pm.scale),
     )
     if options.out is not None:
-        return store.apply_to_store(obj, func, g, options)
+        return store.apply_to_store(obj, func, g, options, pm=pm, keep=keep)
     if parallel.is_dask_backed(obj):
-        return parallel.apply_lazy(obj, func, g, options)
-    return _apply.apply(obj, func, g, options)
+        return parallel.apply_lazy(obj, func, g, options, pm=pm, keep=keep)
+    return _apply.apply(obj, func, g, options, pm=pm, keep=keep)
 
 
 def aggregator(
@@ -237,6 +255,34 @@ def aggregator(
             out, obj, g, chunk_sizes(chunks, g), resume=False, overwrite=overwrite
         )
     return Aggregator.from_plan(BlendPlan.make(g, options), obj, sink)
+
+
+def _halo(halo: Any, dims: Sequence[Hashable]) -> dict[Hashable, int]:
+    """``halo`` as elements of context per spatial dim (an int applies to every one)."""
+    if halo is None:
+        return {d: 0 for d in dims}
+    if isinstance(halo, Mapping):
+        check_dims(halo, dims, "halo")
+    per = halo if isinstance(halo, Mapping) else {d: halo for d in dims}
+    out = {}
+    for d in dims:
+        h = per.get(d, 0)
+        if not is_int(h) or h < 0:
+            raise GridError(
+                f"halo for dim {d!r} must be a whole number of elements >= 0, got {h!r}"
+            )
+        out[d] = int(h)
+    return out
+
+
+def _scales(scale: Any, dims: Sequence[Hashable]) -> dict[Hashable, Any] | None:
+    """``scale`` as a factor per spatial dim (a number applies to every one)."""
+    if scale is None:
+        return None
+    if isinstance(scale, Mapping):
+        check_dims(scale, dims, "scale")
+        return {d: as_scale(scale.get(d, 1), d) for d in dims}
+    return {d: as_scale(scale, d) for d in dims}
 
 
 def _check_chunks(chunks: Any, g: PatchGrid, out: Any) -> None:

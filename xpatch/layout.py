@@ -218,7 +218,13 @@ class ChunkLayout:
         return iter(np.ndindex(*self.shape))
 
     def waiting(self) -> np.ndarray:
-        """Per chunk, how many windows touch it (what a chunk waits for before it is done)."""
+        """Per chunk, how many windows touch it (what a chunk waits for before it is done).
+
+        Windows a mask skips (``grid.kept``) are not waited for.
+        """
+        kept = self.grid.kept
+        if kept is not None:
+            return self._kept_waiting(kept)
         counts = np.ones((), dtype=np.int64)
         for first, stop, n in zip(self.first, self.stop, self.shape):
             diff = np.zeros(n + 1, dtype=np.int64)
@@ -226,6 +232,21 @@ class ChunkLayout:
             np.add.at(diff, stop, -1)
             counts = np.multiply.outer(counts, np.cumsum(diff[:-1]))
         return counts
+
+    def _kept_waiting(self, kept: np.ndarray) -> np.ndarray:
+        """:meth:`waiting` counting only the kept windows: each adds 1 over its box of
+        chunks (an N-D difference array, summed along every axis)."""
+        k = len(self.shape)
+        diff = np.zeros(tuple(n + 1 for n in self.shape), dtype=np.int64)
+        positions = np.unravel_index(np.flatnonzero(kept), self.grid.shape_tuple)
+        lo = [f[p] for f, p in zip(self.first, positions)]
+        hi = [s[p] for s, p in zip(self.stop, positions)]
+        for corner in itertools.product((0, 1), repeat=k):
+            index = tuple(b if c else a for c, a, b in zip(corner, lo, hi))
+            np.add.at(diff, index, (-1) ** sum(corner))
+        for axis in range(k):
+            diff = np.cumsum(diff, axis=axis)
+        return diff[tuple(slice(0, n) for n in self.shape)]
 
     def touched(self, position: tuple[int, ...]) -> Iterator[ChunkPosition]:
         """The chunks the window at grid ``position`` touches."""
@@ -244,7 +265,9 @@ class ChunkLayout:
         key = np.zeros((), dtype=np.int64)
         for first, n in zip(self.first, self.shape):
             key = np.add.outer(key * n, first)
-        return np.argsort(key.ravel(), kind="stable")
+        order = np.argsort(key.ravel(), kind="stable")
+        kept = self.grid.kept
+        return order if kept is None else order[kept[order]]
 
     def region(self, cpos: ChunkPosition) -> dict[Hashable, slice]:
         """The index-space region of chunk ``cpos``, per spatial dim."""

@@ -34,12 +34,14 @@ import numpy as np
 import xarray as xr
 
 from xpatch._accumulate import Accumulator
-from xpatch._apply import _BatchWhere, _call, batches, unbatch
+from xpatch._apply import Rescaled, _BatchWhere, _call, _keep, batches, crop_variables, unbatch
 from xpatch._blend import Blender
 from xpatch._finish import ChunkFinisher
 from xpatch._locate import align
 from xpatch._options import ApplyOptions
+from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
+from xpatch._rescale import scaled_template
 from xpatch._sampling import (
     BlockCut,
     CutPlan,
@@ -98,6 +100,8 @@ class _Shared:
     chunks: list[tuple[tuple[int, ...], ...]]  # per variable: its dask chunks
     options: ApplyOptions
     reference: dict[Hashable, np.ndarray]  # non-spatial labels every result must have
+    pm: PatchMap  # what func sees (the sampler's grid) and where results go (the plan's)
+    keep: Callable[[Any], Any] | None = None  # a predicate on the patch: False drops it
 
 
 def _group_task(
@@ -116,13 +120,17 @@ def _group_task(
     per output block touched, the box of it the windows reach (spatial slices within
     the block) and the weighted sums there (and the summed custom weights).
     """
-    plan, spec, labels = shared.plan, shared.spec, shared.labels
+    plan, spec, labels, pm = shared.plan, shared.spec, shared.labels, shared.pm
     grid, layout = plan.grid, plan.layout
     found: list[dict[tuple[int, ...], np.ndarray]] = []
     it = iter(blocks)
     for ids in block_ids:
         found.append({key: next(it) for key in ids})
-    windows = [grid[grid.index_of(p)] for p in itertools.product(*ranges)]
+    # source windows (what func sees), in grid order; the kept ones only
+    windows = [pm.source[grid.index_of(p)] for p in itertools.product(*ranges)]
+    if grid.kept is not None:
+        windows = [w for w in windows if grid.kept[w.index]]
+    dropped: list[int] = []
     acc = Accumulator(plan, Blender(threads=1), spec)
     tally = Tally(len(grid), np.zeros(layout.shape, dtype=np.int64))
     options = shared.options
@@ -142,10 +150,21 @@ def _group_task(
         return labels.patch(coords, data)
 
     def add(window: Window, variables: Variables) -> None:
+        if not pm.identity:
+            variables = crop_variables(variables, pm, window, What(window))
+            window = grid[window.index]
         spatial_check(variables, dict(zip(grid.dims, window.shape)), What(window))
         spec.check(variables, What(window))
         acc.add(window, variables, list(layout.touched(window.position)), tally)
 
+    if shared.keep is not None:
+        kept = []
+        for window in windows:
+            if _keep(shared.keep, patch(window), window):
+                kept.append(window)
+            else:
+                dropped.append(window.index)
+        windows = kept
     if options.batch_size is None:
         for window in windows:
             cut = patch(window)
@@ -153,7 +172,7 @@ def _group_task(
             expected = {
                 d: np.asarray(cut[d].values)
                 for d in labels.spatial
-                if d in cut.coords and cut[d].dims == (d,)
+                if d in cut.coords and cut[d].dims == (d,) and not pm.scaled
             }
             result = _call(func, cut, window)
             del cut
@@ -171,7 +190,7 @@ def _group_task(
     else:
         batch_dim = options.batch_dim
         default = (batch_dim, *labels.default_dims) if labels.default_dims else None
-        for group in batches(windows, options.batch_size):
+        for group in batches(windows, options.batch_size, key=pm.crop):
             where = _BatchWhere(group)
             result = _call(func, stack([patch(w) for w in group], group, batch_dim), where)
             if isinstance(result, (xr.DataArray, xr.Dataset)):
@@ -187,7 +206,13 @@ def _group_task(
             )
             for window, (variables, _) in zip(group, unbatched):
                 add(window, variables)
-    return _partials(acc, windows)
+    partials = _partials(acc, [grid[w.index] for w in windows])
+    if dropped:
+        partials[DROPPED] = dropped  # type: ignore[assignment]
+    return partials
+
+
+DROPPED = ("dropped",)  # the key of the windows a predicate dropped, in a group's partials
 
 
 def _partials(
@@ -198,9 +223,11 @@ def _partials(
     layout = acc.plan.layout
     spec = acc.spec
     assert spec is not None
+    out: dict[Any, Any] = {}
+    if not windows:
+        return out
     lo = np.min([[s.start for s in w.slices] for w in windows], axis=0)
     hi = np.max([[s.stop for s in w.slices] for w in windows], axis=0)
-    out = {}
     for cpos, buffers in acc.buffers.items():
         region = list(layout.region(cpos).values())
         box = tuple(
@@ -230,7 +257,12 @@ def _block_task(
     acc = Accumulator(plan, Blender(threads=1), spec)
     buffers = acc.new(cpos)
     weight_sum = None
+    added = None if plan.grid.kept is None else plan.grid.kept.copy()
     for part in partials:
+        if DROPPED in part:
+            if added is None:
+                added = np.ones(len(plan.grid), dtype=bool)
+            added[part[DROPPED]] = False
         if cpos not in part:
             continue
         box, sums, ws = part[cpos]
@@ -247,7 +279,7 @@ def _block_task(
         weight_sum = np.zeros(plan.layout.chunk_shape(cpos), dtype=np.float32)
     finisher = ChunkFinisher(plan, _EMPTY, shared.labels.name)
     finisher.chunk_template = template
-    variables, _ = finisher(cpos, buffers, spec, weight_sum, None)
+    variables, _ = finisher(cpos, buffers, spec, weight_sum, added)
     return {
         name: np.moveaxis(data, [dims.index(d) for d in order[name]], range(len(dims)))
         for name, (dims, data) in variables.items()
@@ -277,13 +309,19 @@ class _GraphBuilder:
         func: Callable[[Any], Any],
         grid: PatchGrid,
         options: ApplyOptions,
+        pm: PatchMap | None = None,
+        keep: Callable[[Any], Any] | None = None,
     ) -> None:
+        pm = pm if pm is not None else PatchMap.make(grid)
         chunks = options.blend.chunks
-        self.layout = ChunkLayout(grid, chunks if chunks is not None else default_chunks(obj, grid))
+        chunks = pm.target_chunks(chunks if chunks is not None else default_chunks(obj, grid))
+        self.layout = ChunkLayout(pm.target, chunks)
         if isinstance(obj, xr.Dataset) and any(v.chunks is None for v in obj.data_vars.values()):
             obj = obj.chunk({})  # (after the layout: it follows the dask variables' chunks)
-        self.obj, self.func, self.grid, self.options = obj, func, grid, options
-        self.plan = BlendPlan.make(grid, options.blend, self.layout)
+        self.obj, self.func, self.grid, self.options = obj, func, pm.source, options
+        self.pm, self.keep = pm, keep
+        self.template = scaled_template(obj, pm) if pm.scaled else obj
+        self.plan = BlendPlan.make(pm.target, options.blend, self.layout)
         self.labels = SourceLabels.of(obj, grid.dims)
         self.arrays = [v.data for v in data_variables(obj)]
         # coordinates along at most one spatial dim go to every task; those along several
@@ -291,7 +329,7 @@ class _GraphBuilder:
         spatial = set(grid.dims)
         several = {k for k, c in obj.coords.items() if len(spatial & set(c.dims)) > 1}
         self.multi = xr.Dataset(coords={k: obj.coords[k] for k in several})
-        self.sampler = Sampler(xr.Dataset(coords=obj.coords).drop_vars(several), grid)
+        self.sampler = Sampler(xr.Dataset(coords=obj.coords).drop_vars(several), pm.source)
         token = uuid.uuid4().hex[:12]
         self.token = token
         self.func_key = f"xpatch-func-{token}"
@@ -299,6 +337,7 @@ class _GraphBuilder:
         self.group_name = f"xpatch-group-{token}"
         self.block_name = f"xpatch-block-{token}"
         self._per_position: list[list[tuple[int | None, Any]]] | None = None
+        self.layout_known: tuple[ResultSpec, Variables, Meta] | None = None
 
     def learn_layout(self) -> tuple[ResultSpec, Variables, Meta]:
         """The layout of ``func``'s result and of the blended output, from one dry call.
@@ -307,7 +346,7 @@ class _GraphBuilder:
         computes nothing), or on the real first patch if it refuses zeros; ``on_chunk``
         once on a zero chunk.
         """
-        first = self.grid[0]
+        first = next(self.grid.kept_windows(), self.grid[0])
         cut = self.sampler.plan(first)
         zeros = [
             np.zeros(BlockCut.of(cut, v.dims, v.shape, v.chunks).shape, dtype=v.dtype)  # type: ignore[arg-type]
@@ -326,18 +365,28 @@ class _GraphBuilder:
                     " graph to learn the layout of its result"
                 )
                 raise
+        pm = self.pm
+        if self.options.scale is None:
+            dims, data = next(iter(variables.values()))
+            sizes = {d: n for d, n in zip(dims, data.shape) if d in self.grid.dims}
+            found = pm.infer_scale(sizes, first, What(first))
+            if found is not None:
+                raise Rescaled(found, first.index, None)
+        if not pm.identity:
+            variables = crop_variables(variables, pm, first, What(first))
+            first = pm.target[first.index]
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             spatial_check(variables, dict(zip(self.grid.dims, first.shape)), What(first))
             spec = ResultSpec(self.grid.dims, variables, meta)
             probe = CaptureSink()
-            agg = Aggregator.from_plan(self.plan, self.obj, probe, spec=spec, threads=1)
-            agg.finish_chunk((0,) * len(self.grid.dims))
+            agg = Aggregator.from_plan(self.plan, self.template, probe, spec=spec, threads=1)
+            agg.finish_chunk(next(iter(self.layout.touched(first.position))))
         assert probe.meta is not None
         return spec, probe.variables, probe.meta
 
     def _dry_call(self, patch: Any) -> tuple[Variables, Meta]:
-        first, options = self.grid[0], self.options
+        first, options = next(self.grid.kept_windows(), self.grid[0]), self.options
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             if options.batch_size is not None:
@@ -434,7 +483,9 @@ class _GraphBuilder:
         self, layout: tuple[ResultSpec, Variables, Meta] | None = None
     ) -> tuple[dict[Any, Any], Variables, Meta]:
         """The tasks up to the finished blocks (``block_name``), and the output's layout."""
-        spec, out_vars, out_meta = layout if layout is not None else self.learn_layout()
+        if layout is None:
+            layout = self.layout_known if self.layout_known is not None else self.learn_layout()
+        spec, out_vars, out_meta = layout
         reference = {
             name: np.asarray(var.values)
             for name, var in spec.meta.coords.items()
@@ -448,9 +499,19 @@ class _GraphBuilder:
             chunks=[tuple(tuple(int(n) for n in c) for c in arr.chunks) for arr in self.arrays],
             options=self.options,
             reference=reference,
+            pm=self.pm,
+            keep=self.keep,
         )
         dsk: dict[Any, Any] = {self.func_key: self.func, self.shared_key: shared}
         groups = self._group_ranges()
+        kept = self.grid.kept
+        if kept is not None:  # a group whose windows the mask all skips is no task
+            shape = self.grid.shape_tuple
+            groups = {
+                c: r
+                for c, r in groups.items()
+                if kept.reshape(shape)[tuple(slice(q.start, q.stop) for q in r)].any()
+            }
         for cpos, ranges in groups.items():
             block_ids = self._blocks_read(ranges)
             keys = [(arr.name, *key) for arr, ids in zip(self.arrays, block_ids) for key in ids]
@@ -474,7 +535,7 @@ class _GraphBuilder:
             ]
             for other in itertools.product(*(range(c, e) for c, e in zip(cpos, last))):
                 touching[other].append(cpos)
-        template = xr.Dataset(coords=self.obj.coords, attrs=self.obj.attrs)
+        template = xr.Dataset(coords=self.template.coords, attrs=self.template.attrs)
         on_chunk = self.options.blend.on_chunk is not None
         order = {name: dims for name, (dims, _) in out_vars.items()}
         for cpos in self.layout.chunks():
@@ -512,7 +573,7 @@ class _GraphBuilder:
             graph = HighLevelGraph.from_collections(out_name, layer, dependencies=self.arrays)
             meta = np.empty((0,) * len(dims), dtype=data.dtype)
             lazy[name] = (dims, dsa.Array(graph, out_name, chunks_out, meta=meta))
-        return assemble(lazy, out_meta, self.obj, default_name=self.labels.name)
+        return assemble(lazy, out_meta, self.template, default_name=self.labels.name)
 
 
 def apply_lazy(
@@ -520,6 +581,27 @@ def apply_lazy(
     func: Callable[[Any], Any],
     grid: PatchGrid,
     options: ApplyOptions,
+    pm: PatchMap | None = None,
+    keep: Callable[[Any], Any] | None = None,
 ) -> xr.DataArray | xr.Dataset:
     """Lazy ``apply`` on dask-backed input: returns a dask-backed result at once."""
-    return _GraphBuilder(obj, func, grid, options).build()
+    return builder(obj, func, grid, options, pm, keep).build()
+
+
+def builder(
+    obj: xr.DataArray | xr.Dataset,
+    func: Callable[[Any], Any],
+    grid: PatchGrid,
+    options: ApplyOptions,
+    pm: PatchMap | None = None,
+    keep: Callable[[Any], Any] | None = None,
+) -> _GraphBuilder:
+    """The graph builder, its layout learnt (the scale too, when none was given)."""
+    b = _GraphBuilder(obj, func, grid, options, pm, keep)
+    try:
+        b.layout_known = b.learn_layout()
+    except Rescaled as again:
+        pm = PatchMap.make(grid, b.pm.halo, again.scale)
+        b = _GraphBuilder(obj, func, grid, options, pm, keep)
+        b.layout_known = b.learn_layout()
+    return b

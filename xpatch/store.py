@@ -35,6 +35,8 @@ import xarray as xr
 from xpatch import _apply, parallel
 from xpatch._cluster_store import write_to_store
 from xpatch._options import ApplyOptions
+from xpatch._patchmap import PatchMap
+from xpatch._rescale import scaled_template
 from xpatch._store_safety import (
     LOCK_SUFFIX,
     Fingerprinting,
@@ -48,7 +50,7 @@ from xpatch._store_safety import (
 from xpatch._structure import THIS, Meta, as_dataset, assemble, source_name
 from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
-from xpatch.layout import chunk_sizes
+from xpatch.layout import ChunkLayout, chunk_sizes
 
 RECORD = "xpatch"
 COMPARED = ("grid", "chunks", "weights")  # func and on_chunk: checked by the fingerprint
@@ -557,8 +559,10 @@ def apply_to_store(
     func: Callable[[Any], Any],
     grid: PatchGrid,
     options: ApplyOptions,
+    pm: PatchMap | None = None,
+    keep: Callable[[Any], Any] | None = None,
 ) -> xr.DataArray | xr.Dataset:
-    """``apply`` writing finished chunks to ``options.out``; resumable.
+    """``apply`` writing finished chunks to ``options.out``; resumable (``pm``: halo, scale).
 
     A resumed store that records a fingerprint has its window recomputed once, and
     a different result is refused (or, with ``overwrite=True``, the run starts afresh).
@@ -578,18 +582,25 @@ def apply_to_store(
         "on_chunk": _describe(blend.on_chunk),
         "weights": weights if isinstance(weights, str) else repr(weights),
     }
+    pm = pm if pm is not None else PatchMap.make(grid)
+    if pm.scaled and options.scale is None:
+        raise StoreError(
+            "an output at another resolution (scale) with out= must be declared up front:"
+            " pass scale= (e.g. scale={'y': 2, 'x': 2})"
+        )
+    template = scaled_template(obj, pm) if pm.scaled else obj
     sink = ZarrSink(
         options.out,
-        obj,
-        grid,
-        chunk_sizes(blend.chunks, grid),
+        template,
+        pm.target,
+        chunk_sizes(pm.target_chunks(blend.chunks), pm.target),
         resume=options.resume,
         config=config,
         overwrite=options.overwrite,
     )
     try:
         if sink.created and sink.fingerprint is not None:
-            diff = check_func(obj, func, grid, options, sink.fingerprint, sink.label)
+            diff = check_func(obj, func, pm.source, options, sink.fingerprint, sink.label)
             if diff is not None and options.overwrite:
                 sink.start_afresh()
             elif diff is not None:
@@ -600,9 +611,10 @@ def apply_to_store(
                     " that wrote the store, or pass overwrite=True to start afresh"
                 )
         if parallel.is_dask_backed(obj) and sink.array is None and isinstance(sink.store, str):
-            return write_to_store(obj, func, grid, options, sink)
-        if not sink.created:
-            func = Fingerprinting(func, sink.keep_fingerprint, options)
-        return _apply.apply(obj, func, grid, options, sink)
+            return write_to_store(obj, func, grid, options, sink, pm, keep)
+        if not sink.created and keep is None:  # (a predicate may drop the first window)
+            first = ChunkLayout(pm.target, pm.target_chunks(blend.chunks)).order()[0]
+            func = Fingerprinting(func, sink.keep_fingerprint, options, int(first))
+        return _apply.apply(obj, func, grid, options, sink, pm, keep)
     finally:
         sink.close()
