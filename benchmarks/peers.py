@@ -23,7 +23,7 @@ Usage (from the repository root)::
     python benchmarks/peers.py --only W1,W3 --peers xpatch,numpy
     python benchmarks/peers.py --only W6,W7          # the lazy file sources only
     python benchmarks/peers.py --profile W1,W5       # cProfile of xpatch (top 15)
-    python benchmarks/peers.py --json run.json       # also keep the results
+    python benchmarks/peers.py --json run.json       # results to run.json, not peers-results.json
     python benchmarks/peers.py --render run.json     # rewrite the page (after editing analysis.md)
 
 Peers on the in-memory workloads W1-W5: xpatch, a hand-written numpy loop, Patchly
@@ -64,6 +64,8 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # xpatch from this checkout even when not installed
     sys.path.insert(1, str(ROOT))
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+# The summarised results of the last run, beside the page: the docs draw their chart from it.
+DEFAULT_JSON = ROOT / "benchmarks" / "peers-results.json"
 
 # --------------------------------------------------------------------------------------
 # Workloads
@@ -1891,7 +1893,11 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=300, help="seconds per child run")
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="markdown report to (re)write")
-    ap.add_argument("--json", help="also write the summarised results as JSON")
+    ap.add_argument(
+        "--json",
+        default=str(DEFAULT_JSON),
+        help="where to write the summarised results as JSON (the docs' chart reads them)",
+    )
     ap.add_argument("--profile", metavar="W1,W5", help="cProfile xpatch on these workloads")
     ap.add_argument(
         "--report-profile",
