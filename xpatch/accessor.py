@@ -51,6 +51,7 @@ class PatchAccessor:
         step: int | Mapping[Hashable, int] | None = None,
         border: Border = "squeeze",
         pad_mode: PadMode | None = None,
+        mask: xr.DataArray | None = None,
         **size_kwargs: int,
     ) -> PatchGrid:
         """Plan the grid of patches over the named spatial dims.
@@ -65,6 +66,10 @@ class PatchAccessor:
             How the last patch along an axis is placed when the grid does not fit.
         pad_mode : {"constant", "edge", "reflect", "symmetric", "wrap"}, optional
             Virtual padding, only with ``border="pad"`` (default "constant").
+        mask : DataArray of bool, optional
+            Over the spatial dims, at any resolution (aligned by coordinates): the
+            windows over which it holds no True are skipped (``grid.kept``;
+            :meth:`PatchGrid.plot` draws them dashed).
         **size_kwargs : int
             The patch sizes as keyword arguments.
 
@@ -88,7 +93,9 @@ class PatchAccessor:
         >>> da.patch.grid(y=30, step=20).starts["y"]
         array([ 0, 18, 36, 54, 70])
         """
-        return api.grid(self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+        return api.grid(
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, mask=mask, **size_kwargs
+        )
 
     def sample(
         self,
@@ -182,6 +189,9 @@ class PatchAccessor:
         overwrite: bool = False,
         merge: str | None = None,
         iou: float = 0.5,
+        halo: int | Mapping[Hashable, int] | None = None,
+        scale: float | Mapping[Hashable, float] | None = None,
+        mask: xr.DataArray | Callable[[Any], Any] | None = None,
         **size_kwargs: int,
     ) -> Obj:
         """Run ``func`` on every patch and blend the results into one array.
@@ -238,6 +248,24 @@ class PatchAccessor:
         iou : float, default: 0.5
             With ``merge="instances"``: objects of two overlapping patches whose IoU
             over the shared region reaches this are one object.
+        halo : int or mapping of hashable to int, optional
+            Context in elements per spatial dim and side: ``func`` sees every patch
+            widened by it, and the halo of its result is cropped off before blending
+            (the grid, ``size`` and ``step`` are those of the patch proper). At the
+            array's border the context is the virtual padding of ``border="pad"``,
+            else only the data there is (the widened patch is clipped to the array).
+        scale : float or mapping of hashable to float, optional
+            Output elements per input element along each spatial dim, for a ``func``
+            whose result is at another resolution (2: super-resolution; 0.25: a
+            feature map at 1/4). Default: found from the first result. The result's
+            coordinates are the cell centres of the finer or coarser grid (regularly
+            spaced coordinates only); with ``out=`` give it.
+        mask : DataArray of bool or callable, optional
+            Skip patches: a boolean DataArray over the spatial dims, at any
+            resolution (aligned by coordinates), keeps the windows over which it
+            holds a True; a callable receives each patch (as ``func`` would) and
+            returns whether to keep it. Skipped windows are never passed to
+            ``func``; where no kept window covers, the result is ``fill_value``.
 
         Returns
         -------
@@ -263,7 +291,8 @@ class PatchAccessor:
             self._obj, func, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
             on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
-            overwrite=overwrite, merge=merge, iou=iou, **size_kwargs,
+            overwrite=overwrite, merge=merge, iou=iou, halo=halo, scale=scale, mask=mask,
+            **size_kwargs,
         )  # fmt: skip
 
     def aggregator(
