@@ -226,14 +226,18 @@ class PatchMap:
     def infer_scale(
         self, sizes: Mapping[Hashable, int], window: Window, what: Any
     ) -> dict[Hashable, Fraction] | None:
-        """The scale a first result's spatial ``sizes`` imply (None if it is this one's).
-
-        Refuses sizes that are no whole multiple (or fraction) of the patch.
-        """
+        """The scale a first result's spatial ``sizes`` imply: None if it is this one's,
+        or if they are no whole multiple (or whole fraction) of the patch's."""
         src = self.source[window.index]
         found = {}
         for d, n in zip(self.grid.dims, src.shape):
             if d not in sizes:
                 return None  # the spatial check says what is missing
             found[d] = Fraction(int(sizes[d]), int(n))
-        return None if found == self.scale or not all(found.values()) else found
+        if found == self.scale:
+            return None
+        # a whole factor or its inverse (x2 super-resolution, a 1/4 feature map); any
+        # other ratio is a result of the wrong size, which check() reports
+        if all(f and (f.numerator == 1 or f.denominator == 1) for f in found.values()):
+            return found
+        return None

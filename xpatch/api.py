@@ -177,6 +177,11 @@ def apply(
         keep = mask
     elif mask is not None:
         g = g.with_kept(kept_by_mask(obj, g, mask))
+        if not g.n_kept:
+            raise GridError(
+                "mask holds no True over any window: every patch would be skipped, so there"
+                " is nothing to compute (check that the mask's coordinates overlap the array's)"
+            )
     pm = PatchMap.make(g, _halo(halo, g.dims), _scales(scale, g.dims))
     obj = spatial_subset(obj, g.dims)
     if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
