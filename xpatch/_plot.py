@@ -206,6 +206,10 @@ def plot_grid(
         y0, y1 = ey[ys.start + pad_y0], ey[ys.stop + pad_y0]
         x0, x1 = ex[xs.start + pad_x0], ex[xs.stop + pad_x0]
         color = edgecolor or colors[w.index % len(colors)]
+        if grid.kept is not None and not grid.kept[w.index]:  # skipped by a mask: faint
+            skipped = style | {"linestyle": ":", "alpha": 0.35, "linewidth": 0.8}
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, edgecolor="0.5", **skipped))
+            continue
         ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, edgecolor=color, **style))
     ax.set_xlim(ex[0], ex[-1])
     ax.set_ylim(ey[-1], ey[0])  # the first row on top, as images are shown
