@@ -6,7 +6,8 @@ caches it); offline (CI machines reach package registries only), it falls back t
 these few entries, the objects the guide and the docstrings link to, so the build
 neither fails under ``-W`` nor loses those links.
 
-Each entry is ``(name, "domain:role", path relative to the project's root URL)``.
+Each entry is ``(name, "domain:role", path relative to the project's root URL)``,
+where ``$`` in the path stands for the name.
 """
 
 from __future__ import annotations
@@ -100,7 +101,10 @@ def write(folder: Path) -> dict[str, Path]:
             "# Version: \n"
             "# The remainder of this file is compressed using zlib.\n"
         )
-        lines = "".join(f"{name} {role} 1 {uri} -\n" for name, role, uri in entries)
+        # "$" stands for the object's name (the format itself expands it only at the end)
+        lines = "".join(
+            f"{name} {role} 1 {uri.replace('$', name)} -\n" for name, role, uri in entries
+        )
         path = folder / f"{project}.inv"
         path.write_bytes(header.encode() + zlib.compress(lines.encode()))
         paths[project] = path

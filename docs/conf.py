@@ -10,7 +10,9 @@ Every picture is drawn by code during the build, so it shows what the code does:
 - the figure of each user-guide page by its own ```` ```{plot} ```` blocks
   (``_plot_blocks.py``), which run on with the page's code;
 - the gallery (``generated/gallery/``) by running every script of ``examples/``
-  (sphinx-gallery), with the figures and printed output of each block.
+  (sphinx-gallery), with the figures and printed output of each block;
+- the chart atop the benchmarks page from ``benchmarks/peers-results.json``
+  (``_benchmark_chart.py``).
 
 Links to other projects (xarray, numpy, dask...) come from their intersphinx
 inventories, fetched online; where the network is out of reach a small inventory
@@ -30,7 +32,7 @@ import sphinx_autosummary_accessors
 import xpatch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # _gallery, _offline_inventories, _plot_blocks
+sys.path.insert(0, str(HERE))  # the _*.py helpers and extensions beside this file
 
 import _gallery  # noqa: E402
 import _offline_inventories  # noqa: E402
@@ -58,6 +60,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx.ext.intersphinx",
     "_plot_blocks",  # ```{plot} blocks of the guide pages
+    "_benchmark_chart",  # the chart and verdict atop benchmarks.md
     "sphinx_gallery.gen_gallery",
     "numpydoc",
     "sphinx_autosummary_accessors",
