@@ -94,14 +94,15 @@ def verdict(results: dict[str, dict[str, dict[str, Any]]]) -> str:
         if work and min(work, key=work.get).startswith("xpatch"):
             leanest += 1
     n = len(ahead) + len(behind)
-    text = f"**Verdict.** xpatch is the fastest on {len(ahead)} of {n} workloads ("
-    text += "; ".join(ahead) + ")."
-    if behind:
-        text += " Elsewhere another tool is ahead (" + "; ".join(behind) + ")."
-    text += (
-        f" xpatch needs the least working memory above its input on {leanest} of {n}."
-        " The tables, the profiles and the reading of every number follow below: the"
-        " lab notes of the run, with the workloads W1 to W7 described."
+    names = ", ".join(item.split(":")[0] for item in behind)
+    text = (
+        f"**Verdict.** xpatch is the fastest tool on {len(ahead)} of {n} workloads and needs"
+        f" the least working memory above its input on {leanest} of {n}"
+        + (f"; another tool is faster on {names}." if behind else ".")
+        + "\n\n"
+        + "".join(f"- {item}\n" for item in ahead + behind)
+        + "\nThe tables, the profiles and the reading of every number follow: the lab notes"
+        " of the run, with the workloads W1 to W7 described."
     )
     return text
 

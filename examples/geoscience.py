@@ -104,6 +104,7 @@ print(grid)
 fig, ax = plt.subplots(figsize=(7.5, 6.2), layout="constrained")
 grid.plot(scene, ax=ax, rgb=["red", "green", "blue"], edgecolor="white", linewidth=1.2)
 ax.set_title(f"true colour, {len(grid)} patches of 256 x 256 px, 64 px overlap")
+ax.ticklabel_format(useOffset=False, style="plain")
 
 # %%
 # A patch-wise function
