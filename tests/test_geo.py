@@ -19,6 +19,9 @@ rioxarray = pytest.importorskip("rioxarray")
 rasterio = pytest.importorskip("rasterio")
 from rasterio.transform import from_origin  # noqa: E402
 
+# affine 3 asks rasterio and rioxarray to use @ for its matrices; not ours to fix
+pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
+
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(399_960.0, 5_800_020.0, 10.0, 10.0)  # west, north, 10 m pixels
 BANDS = ("blue", "green", "red", "nir")
