@@ -7,6 +7,7 @@ Skipped where rioxarray (and so rasterio) is not installed.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,9 @@ from rasterio.transform import from_origin  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:Use `@` matmul:PendingDeprecationWarning")
 
 CRS = "EPSG:32633"
-TRANSFORM = from_origin(399_960.0, 5_800_020.0, 10.0, 10.0)  # west, north, 10 m pixels
+with warnings.catch_warnings():  # the same warning, at import time
+    warnings.simplefilter("ignore", PendingDeprecationWarning)
+    TRANSFORM = from_origin(399_960.0, 5_800_020.0, 10.0, 10.0)  # west, north, 10 m pixels
 BANDS = ("blue", "green", "red", "nir")
 
 
