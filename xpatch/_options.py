@@ -94,6 +94,8 @@ class ApplyOptions:
     scale : dict or None
         Output elements per input element per spatial dim, as given to ``apply``;
         None: found from the first result.
+    template : DataArray, Dataset or None
+        An example of ``func``'s result for one patch (dask path: no dry call).
     """
 
     blend: BlendOptions = field(default_factory=BlendOptions)
@@ -105,6 +107,7 @@ class ApplyOptions:
     progress: bool = False
     overwrite: bool = False
     scale: dict[Hashable, Any] | None = None
+    template: Any = None
 
     @classmethod
     def make(
@@ -124,6 +127,7 @@ class ApplyOptions:
         progress: bool,
         overwrite: bool = False,
         scale: dict[Hashable, Any] | None = None,
+        template: Any = None,
     ) -> ApplyOptions:
         """Validate the arguments of ``apply`` for a source with ``source_dims``.
 
@@ -171,4 +175,11 @@ class ApplyOptions:
             fill_value=fill_value,
             output_dims=output_dims,
         )
-        return cls(blend, batch_size, batch_dim, batched, out, resume, progress, overwrite, scale)
+        if template is not None and not hasattr(template, "dims"):
+            raise TypeError(
+                "template must be a DataArray or Dataset like func's result for one patch"
+                f" (its spatial sizes do not matter), got {type(template).__name__}"
+            )
+        return cls(
+            blend, batch_size, batch_dim, batched, out, resume, progress, overwrite, scale, template
+        )

@@ -192,6 +192,7 @@ class PatchAccessor:
         halo: int | Mapping[Hashable, int] | None = None,
         scale: float | Mapping[Hashable, float] | None = None,
         mask: xr.DataArray | Callable[[Any], Any] | None = None,
+        template: Obj | None = None,
         **size_kwargs: int,
     ) -> Obj:
         """Run ``func`` on every patch and blend the results into one array.
@@ -266,6 +267,11 @@ class PatchAccessor:
             holds a True; a callable receives each patch (as ``func`` would) and
             returns whether to keep it. Skipped windows are never passed to
             ``func``; where no kept window covers, the result is ``fill_value``.
+        template : DataArray or Dataset, optional
+            On dask-backed input: an example of ``func``'s result for one patch (its
+            dims, non-spatial sizes and coords, dtype; spatial sizes do not matter),
+            so that building the lazy graph calls ``func`` not even once. Without
+            it, ``func`` is called once on a zero patch to learn that layout.
 
         Returns
         -------
@@ -292,7 +298,7 @@ class PatchAccessor:
             batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
             on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
             overwrite=overwrite, merge=merge, iou=iou, halo=halo, scale=scale, mask=mask,
-            **size_kwargs,
+            template=template, **size_kwargs,
         )  # fmt: skip
 
     def aggregator(

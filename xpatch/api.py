@@ -154,6 +154,7 @@ def apply(
     mask: xr.DataArray | Callable[[Any], Any] | None = None,
     merge: str | None = None,
     iou: float = 0.5,
+    template: Obj | None = None,
     **size_kwargs: int,
 ) -> Obj:
     """Run ``func`` on every patch of ``obj`` and blend the results (``obj.patch.apply``).
@@ -205,6 +206,7 @@ def apply(
         progress=progress,
         overwrite=overwrite,
         scale=None if scale is None else dict(pm.scale),
+        template=template,
     )
     if options.out is not None:
         return store.apply_to_store(obj, func, g, options, pm=pm, keep=keep)

@@ -26,25 +26,19 @@ import itertools
 import operator
 import uuid
 import warnings
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-from xpatch._accumulate import Accumulator
-from xpatch._apply import Rescaled, _BatchWhere, _call, _keep, batches, crop_variables, unbatch
-from xpatch._blend import Blender
-from xpatch._finish import ChunkFinisher
-from xpatch._locate import align
+from xpatch._apply import Rescaled, crop_variables, unbatch
 from xpatch._options import ApplyOptions
 from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
 from xpatch._rescale import scaled_template
 from xpatch._sampling import (
     BlockCut,
-    CutPlan,
     Sampler,
     SourceLabels,
     _axis_pieces,
@@ -62,9 +56,10 @@ from xpatch._structure import (
     spatial_check,
     split,
 )
+from xpatch._tasks import _block_task, _group_task, _Shared
 from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
-from xpatch.layout import ChunkLayout, Tally
+from xpatch.layout import ChunkLayout
 
 
 def is_dask_backed(obj: xr.DataArray | xr.Dataset) -> bool:
@@ -87,217 +82,6 @@ def default_chunks(
     for d in grid.dims:
         out.setdefault(d, (grid.lengths[d],))
     return out
-
-
-@dataclass(frozen=True)
-class _Shared:
-    """What every task of one graph needs (one object in the graph, sent once)."""
-
-    plan: BlendPlan
-    spec: ResultSpec
-    labels: SourceLabels
-    sampler: Sampler  # over the source's coordinates only: plans cuts, never reads data
-    chunks: list[tuple[tuple[int, ...], ...]]  # per variable: its dask chunks
-    options: ApplyOptions
-    reference: dict[Hashable, np.ndarray]  # non-spatial labels every result must have
-    pm: PatchMap  # what func sees (the sampler's grid) and where results go (the plan's)
-    keep: Callable[[Any], Any] | None = None  # a predicate on the patch: False drops it
-
-
-def _group_task(
-    func: Callable[[Any], Any],
-    shared: _Shared,
-    ranges: tuple[range, ...],
-    block_ids: list[list[tuple[int, ...]]],
-    area: tuple[dict[Hashable, int], xr.Dataset] | None,
-    *blocks: np.ndarray,
-) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
-    """Compute the windows at the grid positions in ``ranges``; return partial sums.
-
-    ``blocks`` are the input blocks the windows read, per variable in the order of
-    ``block_ids``; ``area``: the coordinates with several spatial dims (2-D lat/lon)
-    over the part of the source the windows read, and where that part starts. Returns,
-    per output block touched, the box of it the windows reach (spatial slices within
-    the block) and the weighted sums there (and the summed custom weights).
-    """
-    plan, spec, labels, pm = shared.plan, shared.spec, shared.labels, shared.pm
-    grid, layout = plan.grid, plan.layout
-    found: list[dict[tuple[int, ...], np.ndarray]] = []
-    it = iter(blocks)
-    for ids in block_ids:
-        found.append({key: next(it) for key in ids})
-    # source windows (what func sees), in grid order; the kept ones only
-    windows = [pm.source[grid.index_of(p)] for p in itertools.product(*ranges)]
-    if grid.kept is not None:
-        windows = [w for w in windows if grid.kept[w.index]]
-    dropped: list[int] = []
-    acc = Accumulator(plan, Blender(threads=1), spec)
-    tally = Tally(len(grid), np.zeros(layout.shape, dtype=np.int64))
-    options = shared.options
-
-    def patch(window: Window) -> Any:
-        cut = shared.sampler.plan(window)
-        data = []
-        for k, (dims, chunks) in enumerate(zip(labels.var_dims, shared.chunks)):
-            shape = tuple(sum(c) for c in chunks)
-            block_cut = BlockCut.of(cut, dims, shape, chunks)
-            data.append(block_cut.read(_fill_keys(block_cut.keys(k), found[k])))
-        coords = cut_coords(shared.sampler.obj, cut)
-        if area is not None:
-            start, multi = area
-            local = {d: _shift(ix, -start[d]) for d, ix in cut.indexers.items()}
-            coords.update(cut_coords(multi, CutPlan(local, [], {})))
-        return labels.patch(coords, data)
-
-    def add(window: Window, variables: Variables) -> None:
-        if not pm.identity:
-            variables = crop_variables(variables, pm, window, What(window))
-            window = grid[window.index]
-        spatial_check(variables, dict(zip(grid.dims, window.shape)), What(window))
-        spec.check(variables, What(window))
-        acc.add(window, variables, list(layout.touched(window.position)), tally)
-
-    if shared.keep is not None:
-        kept = []
-        for window in windows:
-            if _keep(shared.keep, patch(window), window):
-                kept.append(window)
-            else:
-                dropped.append(window.index)
-        windows = kept
-    if options.batch_size is None:
-        for window in windows:
-            cut = patch(window)
-            # the window's own labels, to align a labeled result to (extrapolated if padded)
-            expected = {
-                d: np.asarray(cut[d].values)
-                for d in labels.spatial
-                if d in cut.coords and cut[d].dims == (d,) and not pm.scaled
-            }
-            result = _call(func, cut, window)
-            del cut
-            if isinstance(result, (xr.DataArray, xr.Dataset)):
-                result = align(result, {**expected, **shared.reference}, What(window))
-            variables, _ = split(
-                result,
-                spatial=labels.spatial,
-                default_dims=labels.default_dims,
-                output_dims=options.blend.output_dims,
-                what=What(window),
-                default_sizes=labels.sizes,
-            )
-            add(window, variables)
-    else:
-        batch_dim = options.batch_dim
-        default = (batch_dim, *labels.default_dims) if labels.default_dims else None
-        for group in batches(windows, options.batch_size, key=pm.crop):
-            where = _BatchWhere(group)
-            result = _call(func, stack([patch(w) for w in group], group, batch_dim), where)
-            if isinstance(result, (xr.DataArray, xr.Dataset)):
-                result = align(result, shared.reference, f"func's result for {where}")
-            unbatched = unbatch(
-                result,
-                len(group),
-                batch_dim,
-                default,
-                options.batch_output_dims,
-                str(where),
-                labels.sizes,
-            )
-            for window, (variables, _) in zip(group, unbatched):
-                add(window, variables)
-    partials = _partials(acc, [grid[w.index] for w in windows])
-    if dropped:
-        partials[DROPPED] = dropped  # type: ignore[assignment]
-    return partials
-
-
-DROPPED = ("dropped",)  # the key of the windows a predicate dropped, in a group's partials
-
-
-def _partials(
-    acc: Accumulator, windows: Sequence[Window]
-) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
-    """Cut each touched block's sums to the box the windows reach (copies: the thin
-    overlaps are all that travels to the neighbouring block tasks)."""
-    layout = acc.plan.layout
-    spec = acc.spec
-    assert spec is not None
-    out: dict[Any, Any] = {}
-    if not windows:
-        return out
-    lo = np.min([[s.start for s in w.slices] for w in windows], axis=0)
-    hi = np.max([[s.stop for s in w.slices] for w in windows], axis=0)
-    for cpos, buffers in acc.buffers.items():
-        region = list(layout.region(cpos).values())
-        box = tuple(
-            slice(max(int(a), r.start) - r.start, min(int(b), r.stop) - r.start)
-            for a, b, r in zip(lo, hi, region)
-        )
-        cut = {}
-        for name, buf in buffers.items():
-            index = [slice(None)] * buf.ndim
-            for ax, sl in zip(spec.axes[name], box):
-                index[ax] = sl
-            cut[name] = buf[tuple(index)].copy()
-        weight_sum = acc.weight_sums.get(cpos)
-        out[cpos] = (box, cut, None if weight_sum is None else weight_sum[box].copy())
-    return out
-
-
-def _block_task(
-    shared: _Shared,
-    cpos: tuple[int, ...],
-    template: xr.Dataset | None,
-    order: Mapping[Hashable, tuple[Hashable, ...]],
-    *partials: dict[tuple[int, ...], Any],
-) -> dict[Hashable, np.ndarray]:
-    """Sum the partial sums of one output block, finish it and return its arrays."""
-    plan, spec = shared.plan, shared.spec
-    acc = Accumulator(plan, Blender(threads=1), spec)
-    buffers = acc.new(cpos)
-    weight_sum = None
-    added = None if plan.grid.kept is None else plan.grid.kept.copy()
-    for part in partials:
-        if DROPPED in part:
-            if added is None:
-                added = np.ones(len(plan.grid), dtype=bool)
-            added[part[DROPPED]] = False
-        if cpos not in part:
-            continue
-        box, sums, ws = part[cpos]
-        for name, data in sums.items():
-            index = [slice(None)] * buffers[name].ndim
-            for ax, sl in zip(spec.axes[name], box):
-                index[ax] = sl
-            buffers[name][tuple(index)] += data
-        if ws is not None:
-            if weight_sum is None:
-                weight_sum = np.zeros(plan.layout.chunk_shape(cpos), dtype=ws.dtype)
-            weight_sum[box] += ws
-    if not plan.weights.separable and weight_sum is None:
-        weight_sum = np.zeros(plan.layout.chunk_shape(cpos), dtype=np.float32)
-    finisher = ChunkFinisher(plan, _EMPTY, shared.labels.name)
-    finisher.chunk_template = template
-    variables, _ = finisher(cpos, buffers, spec, weight_sum, added)
-    return {
-        name: np.moveaxis(data, [dims.index(d) for d in order[name]], range(len(dims)))
-        for name, (dims, data) in variables.items()
-    }
-
-
-_EMPTY = xr.Dataset()
-
-
-def _shift(ix: Any, by: int) -> Any:
-    return slice(ix.start + by, ix.stop + by) if isinstance(ix, slice) else ix + by
-
-
-def _fill_keys(nested: Any, found: Mapping[tuple[int, ...], np.ndarray]) -> Any:
-    """Block keys ``(k, *index)`` in a nested list replaced by the blocks."""
-    if isinstance(nested, tuple):
-        return found[tuple(nested[1:])]
-    return [_fill_keys(sub, found) for sub in nested]
 
 
 class _GraphBuilder:
@@ -347,6 +131,9 @@ class _GraphBuilder:
         once on a zero chunk.
         """
         first = next(self.grid.kept_windows(), self.grid[0])
+        if self.options.template is not None:  # the layout is told: no dry call
+            variables, meta = self._from_template(first)
+            return self._finish_layout(first, variables, meta)
         cut = self.sampler.plan(first)
         zeros = [
             np.zeros(BlockCut.of(cut, v.dims, v.shape, v.chunks).shape, dtype=v.dtype)  # type: ignore[arg-type]
@@ -365,8 +152,33 @@ class _GraphBuilder:
                     " graph to learn the layout of its result"
                 )
                 raise
+        return self._finish_layout(first, variables, meta)
+
+    def _from_template(self, first: Window) -> tuple[Variables, Meta]:
+        """``template=`` (an example result: its dims, non-spatial sizes and coords,
+        dtypes) as the result of ``first``: zeros of the shape ``func`` returns there."""
+        variables, meta = split(
+            self.options.template,
+            spatial=self.grid.dims,
+            default_dims=self.labels.default_dims,
+            output_dims=None,
+            what="template",
+        )
+        expected = dict(zip(self.grid.dims, self.pm.expected(first)))
+        return {
+            name: (
+                dims,
+                np.zeros([expected.get(d, n) for d, n in zip(dims, data.shape)], data.dtype),
+            )
+            for name, (dims, data) in variables.items()
+        }, meta
+
+    def _finish_layout(
+        self, first: Window, variables: Variables, meta: Meta
+    ) -> tuple[ResultSpec, Variables, Meta]:
+        """The result's spec and the output's layout from one result for ``first``."""
         pm = self.pm
-        if self.options.scale is None:
+        if self.options.scale is None and self.options.template is None:
             dims, data = next(iter(variables.values()))
             sizes = {d: n for d, n in zip(dims, data.shape) if d in self.grid.dims}
             found = pm.infer_scale(sizes, first, What(first))
