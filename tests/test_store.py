@@ -22,7 +22,7 @@ import pytest
 import xarray as xr
 
 import xpatch
-from xpatch.store import StoreError
+from xpatch.store import StoreError, read_record
 
 zarr = pytest.importorskip("zarr")
 
@@ -75,7 +75,7 @@ def chunk_count(length, chunk):
 def read_done(path):
     """The record's bitmap of finished chunks, decoded; None while unreadable."""
     try:
-        record = zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"]
+        record = read_record(zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"])
     except Exception:  # not created yet, or mid-creation
         return None
     grid = record["chunk_grid"]

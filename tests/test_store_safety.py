@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xpatch.store import StoreError
+from xpatch.store import StoreError, read_record
 
 zarr = pytest.importorskip("zarr")
 
@@ -82,7 +82,7 @@ def read_lock(path):
 
 
 def read_done(path):
-    record = zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"]
+    record = read_record(zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"])
     bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
     return bits[: int(np.prod(record["chunk_grid"]))].astype(bool)
 
@@ -577,7 +577,7 @@ def test_the_fingerprint_is_kept_in_the_record(tmp_path):
     da = image()
     path = tmp_path / "run.zarr"
     da.patch.apply(double, out=path, **KW)
-    record = zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"]
+    record = read_record(zarr.open_group(os.fspath(path), mode="r").attrs["xpatch"])
     fingerprint = record["fingerprint"]
     assert fingerprint["windows"] == [0]
     assert len(json.dumps(fingerprint)) < 4000  # small

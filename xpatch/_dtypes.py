@@ -21,10 +21,20 @@ __all__ = ["DEFAULT", "accumulation_dtype", "blended_dtype", "default_fill", "fi
 
 
 class _Default:
-    """Marks "fill_value not given"; pickles as a reference, so it stays a singleton."""
+    """Marks "fill_value not given"; pickles as a reference, so it stays a singleton.
+
+    Its repr, ``auto``, is what signatures show (``fill_value=auto`` in ``help`` and
+    the API pages): one token, as Sphinx splits a signature at commas. It means NaN
+    for inexact results and 0 for integer or bool ones (:func:`default_fill`).
+
+    Examples
+    --------
+    >>> DEFAULT
+    auto
+    """
 
     def __repr__(self) -> str:
-        return "<NaN, or 0 for integer results>"
+        return "auto"
 
     def __reduce__(self) -> str:
         return "DEFAULT"

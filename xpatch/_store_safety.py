@@ -9,7 +9,9 @@ Used by :mod:`xpatch.store`, which turns what these find into ``StoreError``:
   drops it when its process dies, so a killed run's lock is taken over); its content
   says who holds it (pid, host, start) and how far the run got (``state``);
 - :func:`fingerprint` / :func:`difference`: a small summary of ``func``'s result for one
-  window, kept in the run record, and what differs between two such summaries.
+  window, kept in the run record, and what differs between two such summaries;
+- :func:`encode_record` / :func:`read_record`: the run record as a JSON string
+  attribute (netCDF-safe), read back in that form or as the nested dict of old stores.
 """
 
 from __future__ import annotations
@@ -281,6 +283,48 @@ def fingerprint(
 
 def spread(n: int) -> list[int]:
     return np.unique(np.linspace(0, n - 1, min(SAMPLES, n)).astype(np.int64)).tolist() if n else []
+
+
+def encode_record(record: Mapping[str, Any]) -> str:
+    """The run record as the store keeps it: one JSON string attribute.
+
+    A string is what every format takes (a nested dict stops ``to_netcdf``).
+
+    Examples
+    --------
+    >>> encode_record({"done": "80", "chunk_grid": [1]})
+    '{"done": "80", "chunk_grid": [1]}'
+    """
+    return json.dumps(dict(record))
+
+
+def read_record(value: Any) -> dict[str, Any] | None:
+    """The run record from the store's attribute: a JSON string, or the nested dict
+    older versions wrote; None when there is none or it is not a record.
+
+    Examples
+    --------
+    >>> read_record('{"done": "80"}'), read_record({"done": "80"}), read_record("[1]")
+    ({'done': '80'}, {'done': '80'}, None)
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def done_bits(record: Mapping[str, Any]) -> np.ndarray:
+    """The record's finished chunks, as a boolean array of the chunk grid's shape."""
+    bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
+    n = int(np.prod(record["chunk_grid"]))
+    return bits[:n].astype(bool).reshape(record["chunk_grid"])
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (to compare a record with this run's)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def difference(recorded: dict[str, Any], now: dict[str, Any]) -> str | None:

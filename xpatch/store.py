@@ -20,7 +20,6 @@ a resume recomputes that window: a function that computes something else is refu
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 import weakref
@@ -42,10 +41,14 @@ from xpatch._store_safety import (
     Fingerprinting,
     StoreLock,
     check_func,
+    done_bits,
+    encode_record,
     input_locations,
     is_zarr_array,
+    jsonable,
     local_path,
     overlaps,
+    read_record,
 )
 from xpatch._structure import THIS, Meta, as_dataset, assemble, source_name
 from xpatch.errors import PatchError
@@ -244,7 +247,7 @@ class ZarrSink:
                 return
             if overwrite:
                 return
-            done = _bits(record)
+            done = done_bits(record)
             state = "finished" if done.all() else f"{int(done.sum())} of {done.size} chunks done"
             raise StoreError(
                 f"out={self.label} already holds the store of an earlier xpatch run ({state});"
@@ -283,8 +286,9 @@ class ZarrSink:
         try:
             group = self.zarr.open_group(self.store, mode="r")
             attrs = group.attrs.asdict()
-            if isinstance(attrs.get(RECORD), dict):
-                return "xpatch", attrs[RECORD]
+            record = read_record(attrs.get(RECORD))
+            if record is not None:
+                return "xpatch", record
             names = sorted(group.array_keys())
         except Exception:
             if self.local is None:
@@ -304,11 +308,12 @@ class ZarrSink:
         """The finished chunks of the store's run, if this run may continue it."""
         if record is None:
             return None  # a caller's array never written, or nothing to resume: afresh
-        if not isinstance(record, dict):
+        record = read_record(record)  # a JSON string, or the dict older runs wrote
+        if record is None:
             raise StoreError(f"out={self.label} holds an unreadable xpatch record")
         found = {k: record.get(k) for k in COMPARED}
         expected = {k: self.record_value.get(k) for k in COMPARED}
-        diff = [k for k in COMPARED if _jsonable(found[k]) != _jsonable(expected[k])]
+        diff = [k for k in COMPARED if jsonable(found[k]) != jsonable(expected[k])]
         if diff:
             if overwrite:
                 return None
@@ -333,7 +338,7 @@ class ZarrSink:
         self.kind = record.get("kind", "dataarray")
         self.var_names = var_names
         self.fingerprint = record.get("fingerprint")
-        return _bits(record)
+        return done_bits(record)
 
     def keep_fingerprint(self, fingerprint: dict[str, Any] | None) -> None:
         self.fingerprint = fingerprint
@@ -414,7 +419,7 @@ class ZarrSink:
         # "creating": a run killed in between is started afresh by resume=True
         if self.lock is not None:
             self.lock.set_state("creating")
-        ds.attrs[RECORD] = dict(self._record(nothing), state="creating")
+        ds.attrs[RECORD] = encode_record(dict(self._record(nothing), state="creating"))
         ds.to_zarr(self.store, mode="w", compute=False, encoding=encoding, consolidated=False)
         self.created = True
         self._write_record(nothing)
@@ -470,7 +475,7 @@ class ZarrSink:
 
     def _write_record(self, finished: np.ndarray) -> None:
         attrs = self.array.attrs if self.array is not None else self._group().attrs
-        attrs[RECORD] = self._record(finished)
+        attrs[RECORD] = encode_record(self._record(finished))
         if finished.all() and self.array is None:
             # consolidated metadata lets xr.open_zarr open the finished store quietly
             with warnings.catch_warnings():
@@ -517,12 +522,6 @@ class ZarrSink:
         return ds
 
 
-def _bits(record: Mapping[str, Any]) -> np.ndarray:
-    bits = np.unpackbits(np.frombuffer(bytes.fromhex(record["done"]), dtype=np.uint8))
-    n = int(np.prod(record["chunk_grid"]))
-    return bits[:n].astype(bool).reshape(record["chunk_grid"])
-
-
 def _var_name(name: Hashable, meta: Meta, default: Hashable | None) -> str:
     if name != THIS:
         return str(name)
@@ -548,10 +547,6 @@ def _array_chunks(array: Any, grid: PatchGrid) -> dict[Hashable, int]:
         c = int(array.chunks[dims.index(d)])
         out[d] = min(grid.lengths[d], -(-grid.size[d] // c) * c)
     return out
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
 
 
 def apply_to_store(
