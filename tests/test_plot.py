@@ -164,3 +164,18 @@ def test_bad_input_raises_typed_errors_naming_the_problem() -> None:
     volume = xr.DataArray(np.zeros((4, 8, 8)), dims=("z", "y", "x"))
     with pytest.raises(xpatch.GridError, match="2-D grids only"):
         volume.patch.grid(z=4, y=4, x=4).plot()
+
+
+def test_windows_a_mask_skips_are_drawn_faint_and_dotted() -> None:
+    da = scene()
+    land = xr.DataArray(
+        np.zeros((40, 60), dtype=bool), dims=("y", "x"), coords={"y": da.y, "x": da.x}
+    )
+    land[:20, :30] = True  # only the north-west quarter is of interest
+    grid = da.patch.grid(y=20, x=20, mask=land)
+    assert grid.kept is not None and 0 < grid.n_kept < len(grid)
+    ax = grid.plot(da, band="nir", edgecolor="red")
+    kept = [p for p in ax.patches if p.get_linestyle() in ("-", "solid")]
+    skipped = [p for p in ax.patches if p.get_linestyle() in (":", "dotted")]
+    assert len(kept) == grid.n_kept and len(skipped) == len(grid) - grid.n_kept
+    assert all(p.get_edgecolor()[:3] == (1.0, 0.0, 0.0) for p in kept)
