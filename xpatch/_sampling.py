@@ -455,8 +455,24 @@ class BlockCut:
     def _trim(self, nested: Any, position: tuple[int, ...]) -> Any:
         """Slice every block of a nested list to the part the patch needs."""
         if len(position) == len(self.cuts):
-            return np.asarray(nested)[tuple(c[p] for c, p in zip(self.cuts, position))]
+            cuts = [c[p] for c, p in zip(self.cuts, position)]
+            if type(nested) is Strip:  # a part of the block: its cuts shift with it
+                cuts = [slice(c.start - o, c.stop - o) for c, o in zip(cuts, nested.offset)]
+                nested = nested.data
+            return np.asarray(nested)[tuple(cuts)]
         return [self._trim(sub, (*position, j)) for j, sub in enumerate(nested)]
+
+
+class Strip(NamedTuple):
+    """The part of a dask block that a group of windows reads, and where it starts in
+    the block: cut on the worker that holds the block, so only this part travels."""
+
+    data: np.ndarray
+    offset: tuple[int, ...]
+
+    @classmethod
+    def of(cls, block: np.ndarray, box: tuple[slice, ...]) -> Strip:
+        return cls(np.ascontiguousarray(block[box]), tuple(s.start for s in box))
 
 
 def take(arr: np.ndarray, local: Sequence[Any], masks: Sequence[tuple[int, np.ndarray]]) -> Any:

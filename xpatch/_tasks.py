@@ -186,6 +186,11 @@ def _partials(
     return out
 
 
+def _part_of(partials: dict[Any, Any], cpos: tuple[int, ...]) -> dict[Any, Any]:
+    """What one output block needs of a group's partial sums (its box, the drops)."""
+    return {k: v for k, v in partials.items() if k == cpos or k == DROPPED}
+
+
 def _block_task(
     shared: _Shared,
     cpos: tuple[int, ...],

@@ -41,6 +41,7 @@ from xpatch._sampling import (
     BlockCut,
     Sampler,
     SourceLabels,
+    Strip,
     _axis_pieces,
     cut_coords,
     stack,
@@ -56,7 +57,7 @@ from xpatch._structure import (
     spatial_check,
     split,
 )
-from xpatch._tasks import _block_task, _group_task, _Shared
+from xpatch._tasks import _block_task, _group_task, _part_of, _Shared
 from xpatch.aggregate import Aggregator
 from xpatch.grid import PatchGrid, Window
 from xpatch.layout import ChunkLayout
@@ -120,6 +121,8 @@ class _GraphBuilder:
         self.shared_key = f"xpatch-plan-{token}"
         self.group_name = f"xpatch-group-{token}"
         self.block_name = f"xpatch-block-{token}"
+        self.strip_name = f"xpatch-strip-{token}"
+        self.part_name = f"xpatch-part-{token}"
         self._per_position: list[list[tuple[int | None, Any]]] | None = None
         self.layout_known: tuple[ResultSpec, Variables, Meta] | None = None
 
@@ -238,21 +241,38 @@ class _GraphBuilder:
                 groups[cpos] = ranges
         return groups
 
-    def _blocks_read(self, ranges: tuple[range, ...]) -> list[list[tuple[int, ...]]]:
-        """Per source variable, the input blocks that the windows in ``ranges`` read."""
-        out = []
-        for per_axis in self._blocks_per_position():
-            per_dim = []
-            for i, along in per_axis:
-                if i is None:  # a non-spatial dim: every block
-                    per_dim.append(along)
+    def _blocks_read(
+        self, ranges: tuple[range, ...]
+    ) -> tuple[list[list[tuple[int, ...]]], list[list[tuple[slice, ...] | None]]]:
+        """Per source variable, the input blocks that the windows in ``ranges`` read,
+        and of each the box they read (None: all of it)."""
+        out, boxes = [], []
+        for per_axis, arr in zip(self._blocks_per_position(), self.arrays):
+            per_dim, spans = [], []
+            for axis, (i, along) in enumerate(per_axis):
+                if i is None:  # a non-spatial dim: every block, whole
+                    per_dim.append(list(along))
+                    spans.append({b: slice(0, arr.chunks[axis][b]) for b in along})
                     continue
-                used: set[int] = set()
+                span: dict[int, slice] = {}
                 for p in ranges[i]:
-                    used.update(along[p])
-                per_dim.append(sorted(used))
-            out.append(list(itertools.product(*per_dim)))
-        return out
+                    for b, cut in along[p]:
+                        old = span.get(b, cut)
+                        span[b] = slice(min(old.start, cut.start), max(old.stop, cut.stop))
+                per_dim.append(sorted(span))
+                spans.append(span)
+            keys = list(itertools.product(*per_dim))
+            out.append(keys)
+            var_boxes: list[tuple[slice, ...] | None] = []
+            for key in keys:
+                box = tuple(span[b] for span, b in zip(spans, key))
+                whole = all(
+                    s.start == 0 and s.stop == arr.chunks[a][b]
+                    for a, (s, b) in enumerate(zip(box, key))
+                )
+                var_boxes.append(None if whole else box)
+            boxes.append(var_boxes)
+        return out, boxes
 
     def _blocks_per_position(self) -> list[list[tuple[int | None, Any]]]:
         """Per source variable and dim: the blocks each window position reads along it
@@ -268,7 +288,7 @@ class _GraphBuilder:
                     i = self.grid.dims.index(d)
                     edges = np.concatenate([[0], np.cumsum(chunks)])
                     blocks = [
-                        [b for b, _ in _axis_pieces(edges, self.sampler.axis_indexer(i, p))[0]]
+                        _axis_pieces(edges, self.sampler.axis_indexer(i, p))[0]
                         for p in range(len(self.grid.axes[i].starts))
                     ]
                     per_axis.append((i, blocks))
@@ -325,8 +345,17 @@ class _GraphBuilder:
                 if kept.reshape(shape)[tuple(slice(q.start, q.stop) for q in r)].any()
             }
         for cpos, ranges in groups.items():
-            block_ids = self._blocks_read(ranges)
-            keys = [(arr.name, *key) for arr, ids in zip(self.arrays, block_ids) for key in ids]
+            block_ids, boxes = self._blocks_read(ranges)
+            keys = []
+            for k, (arr, ids, var_boxes) in enumerate(zip(self.arrays, block_ids, boxes)):
+                for key, box in zip(ids, var_boxes):
+                    if box is None:
+                        keys.append((arr.name, *key))
+                        continue
+                    # a part of a block: cut where the block is, so only it travels
+                    strip = (self.strip_name, *cpos, k, *key)
+                    dsk[strip] = (Strip.of, (arr.name, *key), box)
+                    keys.append(strip)
             dsk[(self.group_name, *cpos)] = (
                 _group_task,
                 self.func_key,
@@ -352,13 +381,22 @@ class _GraphBuilder:
         order = {name: dims for name, (dims, _) in out_vars.items()}
         for cpos in self.layout.chunks():
             region = self.layout.region(cpos)
+            parts = []
+            for g in touching[cpos]:
+                if g == cpos:
+                    parts.append((self.group_name, *g))
+                    continue
+                # the thin part for this block, taken where the group ran: only it travels
+                key = (self.part_name, *g, *cpos)
+                dsk[key] = (_part_of, (self.group_name, *g), cpos)
+                parts.append(key)
             dsk[(self.block_name, *cpos)] = (
                 _block_task,
                 self.shared_key,
                 cpos,
                 template.isel(region, missing_dims="ignore") if on_chunk else None,
                 order,
-                *[(self.group_name, *g) for g in touching[cpos]],
+                *parts,
             )
         return dsk, out_vars, out_meta
 
