@@ -13,7 +13,7 @@ import os
 import numpy as np
 import pytest
 import xarray as xr
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import xpatch  # noqa: F401  (registers .patch)
@@ -202,6 +202,7 @@ def test_object_straddling_a_chunk_corner(ndim):
     chunks=st.one_of(st.none(), st.integers(8, 50)),
     border=st.sampled_from(["squeeze", "edge", "pad", "adaptive", "crop"]),
 )
+@example(shape=(30, 80), n=9, seed=32617, step=13, extra=13, chunks=None, border="adaptive")
 def test_any_blob_layout_and_grid_gives_the_whole_partition(
     shape, n, seed, step, extra, chunks, border
 ):

@@ -61,11 +61,14 @@ def smallest_uint(n: int) -> np.dtype:
 
 
 class Cores:
-    """The core of every window: per axis, the interval of points nearer to the
-    window's centre than to its neighbours' (a product grid's Voronoi cells are
-    boxes, so "nearest centre" is decided axis by axis).
+    """The core of every window: per axis, the interval between the middles of its
+    overlaps with the neighbouring windows. For windows of one size that is the set
+    of points nearer to the window's centre than to its neighbours' (a product
+    grid's Voronoi cells are boxes, so "nearest centre" is decided axis by axis); for
+    the adaptive border's shortened last window it keeps half the overlap on each
+    side, so an object no larger than the overlap is still whole in its window.
 
-    Centres are in element coordinates: a window over elements ``s .. s+P-1`` has
+    Coordinates are those of elements: a window over elements ``s .. s+P-1`` has
     its centre at ``s + (P-1)/2``. Cores are half-open ``[lo, hi)``; the first and
     last reach to infinity.
 
@@ -80,9 +83,11 @@ class Cores:
         self.centres: list[np.ndarray] = []
         self.bounds: list[np.ndarray] = []
         for ax in grid.axes:
-            c = (np.asarray(ax.starts, dtype=np.float64) + np.asarray(ax.stops) - 1) / 2
-            self.centres.append(c)
-            self.bounds.append(np.concatenate([[-np.inf], (c[1:] + c[:-1]) / 2, [np.inf]]))
+            starts = np.asarray(ax.starts, dtype=np.float64)
+            stops = np.asarray(ax.stops, dtype=np.float64)
+            self.centres.append((starts + stops - 1) / 2)
+            middles = (starts[1:] + stops[:-1] - 1) / 2  # of each overlap (or gap)
+            self.bounds.append(np.concatenate([[-np.inf], middles, [np.inf]]))
 
     def centre(self, window: Window) -> tuple[float, ...]:
         """The centre of ``window`` in element coordinates."""
