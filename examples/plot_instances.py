@@ -64,8 +64,11 @@ def nuclei(seed: int = 0, n: int = 70) -> xr.DataArray:
     return xr.DataArray(
         counts,
         dims=("z", "y", "x"),
-        coords={"z": np.arange(SHAPE[0]) * 1.0, "y": np.arange(SHAPE[1]) * 0.3,
-                "x": np.arange(SHAPE[2]) * 0.3},  # fmt: skip
+        coords={
+            "z": np.arange(SHAPE[0]) * 1.0,
+            "y": np.arange(SHAPE[1]) * 0.3,
+            "x": np.arange(SHAPE[2]) * 0.3,
+        },
         attrs={"units": "photons"},
         name="nuclei",
     )
