@@ -1,18 +1,33 @@
 """Peak memory of the eager out-of-core run as the volume grows (spilled open chunks).
 
-Usage (from the repository root, venv active)::
+Usage (from the repository root, venv active; prefix with ``nice -n 10`` on a shared
+machine)::
 
     python benchmarks/memory_scaling.py                       # 256^3 .. 512^3, ~2 min
-    python benchmarks/memory_scaling.py --sizes 256 512 768 1024 --budget 512MiB
+    python benchmarks/memory_scaling.py --sizes 512 768 1024 --budget 256MiB
+    python benchmarks/memory_scaling.py --sizes 2048 --budget 1GiB --workdir /tmp/xpatch-bench
+    python benchmarks/memory_scaling.py --source zarr --sizes 256 384 512
 
 Workload (the scale issue's): a 3-D float32 volume, patch 64, step 48, a func giving
-8 classes, ``chunks=128``, ``on_chunk=argmax``, ``out=`` a zarr store. The input is
-generated lazily (an xarray lazy backend array computing each requested region from
-its indices), so the input never sits in memory. Each size runs in a fresh process;
-peak memory is the process's ``VmHWM`` minus its RSS just before the run.
-``--budget`` sets ``XPATCH_MEMORY_BUDGET`` (how many bytes of open chunks stay in
-memory; the rest wait on disk). The fitted slope (MiB per million voxels) says
-whether memory grows with the volume. Nothing is asserted.
+8 classes, ``chunks=128``, ``on_chunk=argmax``, ``out=`` a zarr store.
+
+Sources (``--source``), neither ever held in memory whole:
+
+- ``generated`` (default): an xarray lazy backend array computing each requested
+  region from its indices (``sin(0.05 z) + cos(0.07 y) + sin(0.03 x)``); costs no
+  disk, so it reaches 2048^3.
+- ``zarr``: the same values written chunk by chunk (128^3, one chunk in memory at a
+  time) to ``<workdir>/in-<N>.zarr`` and opened with ``xr.open_zarr(chunks=None)``
+  (lazy, no dask), which takes apply's reader of stored chunk rows. 4 N^3 bytes of
+  disk before compression (4 GiB at 1024^3); kept between runs unless ``--clean``.
+
+Each size runs in a fresh process; peak memory is the process's ``VmHWM`` minus its
+RSS just before the run (``working``). ``--budget`` sets ``XPATCH_MEMORY_BUDGET`` (how
+many bytes of open chunks stay in memory; the rest wait on disk). Stores and the
+spill scratch go under ``--workdir`` (``TMPDIR`` of the child); the output store is
+removed after each size. Also reported: chunks written to the scratch (``spills``,
+``spill GiB``) and the output store's size. The fitted slope (MiB per million
+voxels) says whether memory grows with the volume. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -20,19 +35,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 CHILD = r"""
-import json, os, sys, time, tempfile
+import json, os, sys, time
 import numpy as np, xarray as xr
 from xarray.backends import BackendArray
 from xarray.core import indexing
 import xpatch
+from xpatch import _accumulate
 
-n = int(sys.argv[1])
+n, source, workdir = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+CHUNK = 128
+
+def values(z, y, x):
+    return (np.sin(z * 0.05) + np.cos(y * 0.07) + np.sin(x * 0.03)).astype("float32")
 
 class Generated(BackendArray):
     def __init__(self, shape):
@@ -41,31 +61,69 @@ class Generated(BackendArray):
         return indexing.explicit_indexing_adapter(
             key, self.shape, indexing.IndexingSupport.BASIC, self._raw)
     def _raw(self, key):
-        grids = np.ogrid[tuple(slice(*k.indices(s)) for k, s in zip(key, self.shape))]
-        z, y, x = grids
-        return (np.sin(z * 0.05) + np.cos(y * 0.07) + np.sin(x * 0.03)).astype("float32")
+        return values(*np.ogrid[tuple(slice(*k.indices(s)) for k, s in zip(key, self.shape))])
 
-data = indexing.LazilyIndexedArray(Generated((n, n, n)))
-da = xr.DataArray(xr.Variable(("z", "y", "x"), data), name="v")
+def write_zarr(path):
+    import zarr
+    if os.path.exists(path + "/.complete"):
+        return
+    shutil_rm(path)
+    arr = zarr.open_group(path, mode="w").create_array(
+        "v", shape=(n, n, n), chunks=(CHUNK,) * 3, dtype="float32",
+        dimension_names=("z", "y", "x"))
+    for i in range(0, n, CHUNK):
+        for j in range(0, n, CHUNK):
+            for k in range(0, n, CHUNK):
+                arr[i:i + CHUNK, j:j + CHUNK, k:k + CHUNK] = values(
+                    *np.ogrid[i:min(i + CHUNK, n), j:min(j + CHUNK, n), k:min(k + CHUNK, n)])
+    open(path + "/.complete", "w").close()
+
+def shutil_rm(path):
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+if source == "zarr":
+    path = f"{workdir}/in-{n}.zarr"
+    t = time.perf_counter()
+    write_zarr(path)
+    written = time.perf_counter() - t
+    da = xr.open_zarr(path, chunks=None)["v"]
+else:
+    written = 0.0
+    da = xr.DataArray(
+        xr.Variable(("z", "y", "x"), indexing.LazilyIndexedArray(Generated((n, n, n)))), name="v")
+
+spills = {"count": 0, "bytes": 0}
+write = _accumulate.Spill._write
+def counting(self, cpos, buffers, weight_sum):
+    spills["count"] += 1
+    spills["bytes"] += sum(b.nbytes for b in buffers.values())
+    return write(self, cpos, buffers, weight_sum)
+_accumulate.Spill._write = counting
 
 def model(p):
     v = p.values
     return np.stack([v * k for k in range(8)]).astype("float32")
 
-def rss():
+def status(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS"):
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
 
+out = f"{workdir}/out-{n}.zarr"
+shutil_rm(out)
 open("/proc/self/clear_refs", "w").write("5")
-before = rss()
-out = tempfile.mkdtemp() + "/out.zarr"
+before = status("VmRSS")
 t = time.perf_counter()
-da.patch.apply(model, z=64, y=64, x=64, step=48, chunks=128, output_dims=("class", "z", "y", "x"),
+da.patch.apply(model, z=64, y=64, x=64, step=48, chunks=CHUNK, output_dims=("class", "z", "y", "x"),
                on_chunk=lambda c: c.argmax("class", skipna=False).astype("uint8"), out=out)
 elapsed = time.perf_counter() - t
-peak = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(json.dumps({"n": n, "s": elapsed, "before": before, "peak": peak, "working": peak - before}))
+peak = status("VmHWM")
+size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
+shutil_rm(out)
+print(json.dumps({"n": n, "source": source, "s": elapsed, "write_s": written, "before": before,
+                  "peak": peak, "working": peak - before, "spills": spills["count"],
+                  "spill_gib": spills["bytes"] / 2**30, "out_mib": size / 2**20}))
 """
 
 
@@ -73,28 +131,37 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[256, 384, 512])
     ap.add_argument("--budget", default="256MiB", help="XPATCH_MEMORY_BUDGET for the runs")
+    ap.add_argument("--source", choices=["generated", "zarr"], default="generated")
+    ap.add_argument("--workdir", default="/tmp/xpatch-bench", help="stores and spill scratch")
+    ap.add_argument("--clean", action="store_true", help="remove zarr inputs after each size")
     args = ap.parse_args()
-    env = dict(os.environ, XPATCH_MEMORY_BUDGET=args.budget)
+    os.makedirs(args.workdir, exist_ok=True)
+    env = dict(os.environ, XPATCH_MEMORY_BUDGET=args.budget, TMPDIR=args.workdir)
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in args.sizes:
-            t = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, str(n)], env=env, cwd=tmp,
-                capture_output=True, text=True, check=False,
-            )  # fmt: skip
-            if done.returncode:
-                print(done.stderr[-2000:], file=sys.stderr)
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"{n}^3 done in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    print(f"budget {args.budget}\n")
-    print("| size | voxels (M) | s | RSS before MiB | peak MiB | working MiB |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in args.sizes:
+        t = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(n), args.source, args.workdir], env=env,
+            cwd=args.workdir, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if args.clean:
+            shutil.rmtree(f"{args.workdir}/in-{n}.zarr", ignore_errors=True)
+        if done.returncode:
+            print(f"{n}^3 failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"{n}^3 done in {time.perf_counter() - t:.0f} s: {rows[-1]}", file=sys.stderr)
+    print(f"source {args.source}, budget {args.budget}\n")
+    print(
+        "| size | voxels (M) | s | RSS before MiB | peak MiB | working MiB"
+        " | spills | spill GiB | out MiB |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['n']}^3 | {r['n'] ** 3 / 1e6:.0f} | {r['s']:.1f} | {r['before']:.0f} |"
-            f" {r['peak']:.0f} | {r['working']:.0f} |"
+            f" {r['peak']:.0f} | {r['working']:.0f} | {r['spills']} | {r['spill_gib']:.1f} |"
+            f" {r['out_mib']:.0f} |"
         )
     if len(rows) >= 2:
         import numpy as np

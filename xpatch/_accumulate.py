@@ -9,6 +9,7 @@ the books.
 
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import shutil
@@ -27,7 +28,7 @@ from xpatch._placement import Placement
 from xpatch._plan import BlendPlan
 from xpatch._structure import THIS, ResultSpec, Variables
 from xpatch.grid import Window
-from xpatch.layout import ChunkPosition, Tally
+from xpatch.layout import ChunkLayout, ChunkPosition, Tally
 
 __all__ = ["Accumulator"]
 
@@ -172,6 +173,8 @@ class Accumulator:
         assert spec is not None
         kernel = self.plan.kernel
         custom_weight = kernel(dict(zip(self.dims, window.shape))) if self.custom else None
+        if self.spill is not None:
+            self.spill.now(self.plan.layout, window.position)
         for cpos in touched:
             flat = tally.flats.get(cpos)
             if tally.finished[tally.flat(cpos) if flat is None else flat]:
@@ -246,9 +249,15 @@ class Spill:
 
     Final weights make partial sums additive: a chunk's buffers can be written out,
     read back when the next window touching it comes, and added to, with the same
-    result. The least recently used open chunks go to disk (a scratch folder, removed
-    when the run is over) whenever the open chunks would take more than ``budget``
-    bytes. Peak memory: ``budget`` plus one chunk's buffers plus the patches in flight.
+    result. Whenever the open chunks would take more than ``budget`` bytes, those
+    whose next window comes last go to disk (a scratch folder, removed when the run is
+    over). Peak memory: ``budget`` plus one chunk's buffers plus the patches in flight.
+
+    Which window comes next is read from the run's order (:meth:`ChunkLayout.order
+    <xpatch.layout.ChunkLayout.order>`: windows grouped by the first chunk they
+    touch, the groups row-major): the next use of a chunk is the first group still to
+    come whose windows touch it. Windows added in another order give the same result,
+    only with more chunks written out.
     """
 
     def __init__(self, budget: int) -> None:
@@ -256,15 +265,48 @@ class Spill:
         self.files: dict[ChunkPosition, str] = {}
         self.folder: str | None = None
         self.count = 0  # chunks written out, for tests and reports
+        self.group = 0  # row-major rank of the current window's group
+        # per axis and chunk index: the sorted first chunks of the windows touching it
+        self._groups: list[list[list[int]]] | None = None
+        self._strides: list[int] = []
 
     def __contains__(self, cpos: object) -> bool:
         return cpos in self.files
 
+    def now(self, layout: ChunkLayout, position: tuple[int, ...]) -> None:
+        """The window at grid ``position`` is being added: its group is the current one."""
+        if self._groups is None:
+            self._groups = [
+                _groups_touching(first, stop, n)
+                for first, stop, n in zip(layout.first, layout.stop, layout.shape)
+            ]
+            self._strides = [int(np.prod(layout.shape[i + 1 :])) for i in range(len(layout.shape))]
+        self.group = sum(
+            int(first[p]) * s for first, p, s in zip(layout.first, position, self._strides)
+        )
+
+    def next_use(self, cpos: ChunkPosition) -> float:
+        """Rank of the first group from the current one on whose windows touch ``cpos``
+        (infinite if none is left)."""
+        if self._groups is None:
+            return 0.0
+        best = np.inf
+        per_axis = [groups[c] for groups, c in zip(self._groups, cpos)]
+        for combo in itertools.product(*per_axis):
+            rank = sum(g * s for g, s in zip(combo, self._strides))
+            if self.group <= rank < best:
+                best = rank
+        return best
+
     def make_room(self, acc: Accumulator, keep: ChunkPosition) -> None:
-        """Write the least recently opened chunks to disk until one more chunk fits."""
+        """Write the open chunks needed last to disk until one more chunk fits."""
         held = sum(b.nbytes for bufs in acc.buffers.values() for b in bufs.values())
         per_chunk = max(acc.buffer_bytes, 1)
-        for cpos in list(acc.buffers):
+        if held + per_chunk <= self.budget:
+            return
+        # needed last first; ties (and an unknown order) go by opening order
+        opened = list(acc.buffers)
+        for cpos in sorted(opened, key=self.next_use, reverse=True):
             if held + per_chunk <= self.budget:
                 break
             if cpos == keep:
@@ -291,3 +333,13 @@ class Spill:
             buffers, weight_sum = pickle.load(f)
         os.remove(path)
         return buffers, weight_sum
+
+
+def _groups_touching(first: np.ndarray, stop: np.ndarray, n: int) -> list[list[int]]:
+    """Along one axis, per chunk index: the sorted first chunks of the windows touching
+    it (``first``/``stop``: per window position, the first chunk and one past the last)."""
+    groups: list[set[int]] = [set() for _ in range(n)]
+    for lo, hi in zip(first.tolist(), stop.tolist()):
+        for c in range(lo, hi):
+            groups[c].add(lo)
+    return [sorted(g) for g in groups]
