@@ -88,8 +88,9 @@ def test_chunks_needed_last_go_to_disk_each_at_most_once(monkeypatch, ndim, budg
     # 4 chunks of 8 per dim, windows of 4 at step 3: a group of windows (those whose
     # first chunk is the same) touches 2^ndim chunks. A budget of 2^ndim chunks in 2-D,
     # or of two rows of chunks and a group in 3-D, keeps what the next groups need in
-    # memory: the chunks of the next row (2-D) or plane (3-D) go to disk, each once.
-    # (Writing out the chunks opened first, 2-D: 2 times, 3-D: 3 times.)
+    # memory: the chunks of the next row (2-D) or plane (3-D) go to disk, each once
+    # (writing out the chunks opened first: up to 2 times in 2-D, 3 in 3-D), and only
+    # the margin the windows of the row or plane above reach (at most 3 of 8).
     from xpatch import _accumulate
 
     dims = ("z", "y", "x")[-ndim:]
@@ -98,10 +99,12 @@ def test_chunks_needed_last_go_to_disk_each_at_most_once(monkeypatch, ndim, budg
     kw = dict(**{d: 4 for d in dims}, step=3)
     expected = da.patch.apply(_classes, **kw)
     writes: list[tuple[int, ...]] = []
+    shapes: list[tuple[int, ...]] = []
     write = _accumulate.Spill._write
 
     def counting(self, cpos, buffers, weight_sum):
         writes.append(cpos)
+        shapes.extend(b.shape for b in buffers.values())
         return write(self, cpos, buffers, weight_sum)
 
     monkeypatch.setattr(_accumulate.Spill, "_write", counting)
@@ -110,6 +113,7 @@ def test_chunks_needed_last_go_to_disk_each_at_most_once(monkeypatch, ndim, budg
     xr.testing.assert_allclose(result, expected, rtol=1e-6, atol=1e-6)
     assert writes  # the budget is too small for the open chunks
     assert len(writes) == len(set(writes))  # no chunk went to disk twice
+    assert all(s[0] == 3 and s[1] <= 3 and s[2:] == (8,) * (ndim - 1) for s in shapes)
 
 
 def test_windows_added_out_of_order_still_give_the_same_result(monkeypatch):

@@ -57,6 +57,9 @@ class Accumulator:
         self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}  # open, in memory
         # open chunks beyond the memory budget wait on disk (several chunks only)
         self.spill = Spill(memory_budget()) if not plan.layout.single else None
+        # per open chunk (spilled or not): the box the windows added so far cover, per
+        # spatial dim [start, stop) in the chunk; only that part goes to disk
+        self.boxes: dict[ChunkPosition, list[tuple[int, int]]] = {}
         self.buffer_bytes = 0  # of the largest chunk's buffers
         self.weight_sums: dict[ChunkPosition, np.ndarray] = {}  # custom weights only
         self._colour_counts: list[int] | None = None
@@ -91,6 +94,7 @@ class Accumulator:
             buffers = {k: v.copy() for k, v in held.items()} if held else self.new(cpos)
             weight_sum = self.weight_sums.get(cpos)
             return buffers, None if weight_sum is None else weight_sum.copy()
+        self.boxes.pop(cpos, None)
         buffers = self.buffers.pop(cpos, None) or self.new(cpos)
         return buffers, self.weight_sums.pop(cpos, None)
 
@@ -107,11 +111,33 @@ class Accumulator:
     def _load(self, cpos: ChunkPosition) -> dict[Hashable, np.ndarray]:
         assert self.spill is not None
         self.spill.make_room(self, cpos)
-        buffers, weight_sum = self.spill.load(cpos)
-        self.buffers[cpos] = buffers
-        if weight_sum is not None:
-            self.weight_sums[cpos] = weight_sum
+        parts, weight_part = self.spill.load(cpos)
+        box = self.boxes[cpos]
+        buffers = self.buffers[cpos] = self.new(cpos)
+        for name, part in parts.items():
+            buffers[name][self._box_index(name, box, part.ndim)] = part
+        if weight_part is not None:
+            shape = self.plan.layout.chunk_shape(cpos)
+            weight_sum = self.weight_sums[cpos] = np.zeros(shape, dtype=weight_part.dtype)
+            weight_sum[tuple(slice(*b) for b in box)] = weight_part
         return buffers
+
+    def trimmed(
+        self, cpos: ChunkPosition, buffers: dict[Hashable, np.ndarray], weight_sum: Any
+    ) -> tuple[dict[Hashable, np.ndarray], Any]:
+        """The part of chunk ``cpos``'s buffers (and custom weight sum) that windows
+        have covered so far: views, the rest is zero."""
+        box = self.boxes[cpos]
+        parts = {name: buf[self._box_index(name, box, buf.ndim)] for name, buf in buffers.items()}
+        if weight_sum is not None:
+            weight_sum = weight_sum[tuple(slice(*b) for b in box)]
+        return parts, weight_sum
+
+    def _box_index(self, name: Hashable, box: list[tuple[int, int]], ndim: int) -> tuple:
+        index = [slice(None)] * ndim
+        for ax, b in zip(self.spec.axes[name], box):  # type: ignore[union-attr]
+            index[ax] = slice(*b)
+        return tuple(index)
 
     def add_single(self, position: tuple[int, ...], data: np.ndarray, background: bool) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
@@ -183,6 +209,16 @@ class Accumulator:
             buffers = self.buffers.get(cpos)
             if buffers is None:
                 buffers = self._open(cpos)
+            if self.spill is not None:  # (after opening: a spilled part has the old box)
+                box = self.boxes.get(cpos)
+                self.boxes[cpos] = (
+                    [(pt[1].start, pt[1].stop) for pt in parts]
+                    if box is None
+                    else [
+                        (min(lo, pt[1].start), max(hi, pt[1].stop))
+                        for (lo, hi), pt in zip(box, parts)
+                    ]
+                )
             if custom_weight is not None:
                 part_weight = custom_weight[tuple(pt[0] for pt in parts)]
                 if cpos not in self.weight_sums:
@@ -251,7 +287,9 @@ class Spill:
     read back when the next window touching it comes, and added to, with the same
     result. Whenever the open chunks would take more than ``budget`` bytes, those
     whose next window comes last go to disk (a scratch folder, removed when the run is
-    over). Peak memory: ``budget`` plus one chunk's buffers plus the patches in flight.
+    over): only the box the windows added so far cover, the rest being zero (a chunk
+    waiting for its own windows holds sums only in the margins its neighbours' windows
+    reach). Peak memory: ``budget`` plus one chunk's buffers plus the patches in flight.
 
     Which window comes next is read from the run's order (:meth:`ChunkLayout.order
     <xpatch.layout.ChunkLayout.order>`: windows grouped by the first chunk they
@@ -313,7 +351,7 @@ class Spill:
                 continue
             buffers = acc.buffers.pop(cpos)
             held -= sum(b.nbytes for b in buffers.values())
-            self._write(cpos, buffers, acc.weight_sums.pop(cpos, None))
+            self._write(cpos, *acc.trimmed(cpos, buffers, acc.weight_sums.pop(cpos, None)))
 
     def _write(
         self, cpos: ChunkPosition, buffers: dict[Hashable, np.ndarray], weight_sum: Any

@@ -14,6 +14,7 @@ import xarray as xr
 from xpatch import api
 from xpatch._dtypes import DEFAULT
 from xpatch._types import Border, PadMode
+from xpatch._units import Units
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
 from xpatch.grid import PatchGrid
@@ -52,6 +53,8 @@ class PatchAccessor:
         border: Border = "squeeze",
         pad_mode: PadMode | None = None,
         mask: xr.DataArray | None = None,
+        units: Units = "index",
+        overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
     ) -> PatchGrid:
         """Plan the grid of patches over the named spatial dims.
@@ -70,6 +73,16 @@ class PatchAccessor:
             Over the spatial dims, at any resolution (aligned by coordinates): the
             windows over which it holds no True are skipped (``grid.kept``;
             :meth:`PatchGrid.plot` draws them dashed).
+        units : {"index", "coords"}, default: "index"
+            What ``size`` and ``step`` count: elements, or the units of the spatial
+            coordinates (metres, degrees, microns), converted with the spacing of each
+            dim's regularly spaced 1-D coordinate (descending ones too). A coordinate
+            that is missing or irregular, or a size that is not a whole number of
+            elements, is refused (the message names the sizes that would be whole).
+        overlap : float or mapping of hashable to float, optional
+            Instead of ``step``: the fraction of the patch that neighbouring patches
+            share, in [0, 1), for every dim or per dim. ``step = int(size * (1 -
+            overlap))`` per dim, at least 1: MONAI's rule for its ``overlap``.
         **size_kwargs : int
             The patch sizes as keyword arguments.
 
@@ -80,7 +93,8 @@ class PatchAccessor:
         Raises
         ------
         DimensionError, GridError
-            An unknown dim, or a size, step, border or pad_mode that is not allowed.
+            An unknown dim, or a size, step, overlap, units, border or pad_mode that
+            is not allowed.
 
         See Also
         --------
@@ -92,10 +106,20 @@ class PatchAccessor:
         >>> da = xr.DataArray(np.zeros((100, 7)), dims=("y", "x"))
         >>> da.patch.grid(y=30, step=20).starts["y"]
         array([ 0, 18, 36, 54, 70])
+
+        Sizes in metres (30 m pixels) and an overlap of a quarter of the patch:
+
+        >>> scene = xr.DataArray(np.zeros((256, 256)), dims=("y", "x"),
+        ...                      coords={"y": 4e6 - 30.0 * np.arange(256),
+        ...                              "x": 5e5 + 30.0 * np.arange(256)})
+        >>> grid = scene.patch.grid(y=3840, x=3840, units="coords", overlap=0.25)
+        >>> grid.size, grid.step
+        ({'y': 128, 'x': 128}, {'y': 96, 'x': 96})
         """
         return api.grid(
-            self._obj, size, step=step, border=border, pad_mode=pad_mode, mask=mask, **size_kwargs
-        )
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, mask=mask, units=units,
+            overlap=overlap, **size_kwargs,
+        )  # fmt: skip
 
     def sample(
         self,
@@ -105,6 +129,8 @@ class PatchAccessor:
         step: int | Mapping[Hashable, int] | None = None,
         border: Border = "squeeze",
         pad_mode: PadMode | None = None,
+        units: Units = "index",
+        overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
     ) -> Iterator[Obj]:
         """Yield each patch as a labeled object, in grid order.
@@ -115,7 +141,7 @@ class PatchAccessor:
 
         Parameters
         ----------
-        size, step, border, pad_mode, **size_kwargs
+        size, step, border, pad_mode, units, overlap, **size_kwargs
             As for :meth:`grid`.
 
         Yields
@@ -130,8 +156,9 @@ class PatchAccessor:
         [[0, 10, 20, 30], [20, 30, 40, 50]]
         """
         return api.sample(
-            self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs
-        )
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, units=units,
+            overlap=overlap, **size_kwargs,
+        )  # fmt: skip
 
     def dataset(
         self,
@@ -141,13 +168,15 @@ class PatchAccessor:
         step: int | Mapping[Hashable, int] | None = None,
         border: Border = "squeeze",
         pad_mode: PadMode | None = None,
+        units: Units = "index",
+        overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
     ) -> PatchDataset:
         """A map-style dataset of patches for a PyTorch ``DataLoader``.
 
         Parameters
         ----------
-        size, step, border, pad_mode, **size_kwargs
+        size, step, border, pad_mode, units, overlap, **size_kwargs
             As for :meth:`grid`.
 
         Returns
@@ -164,8 +193,9 @@ class PatchAccessor:
         (4, (2, 32, 32), 3)
         """
         return api.dataset(
-            self._obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs
-        )
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, units=units,
+            overlap=overlap, **size_kwargs,
+        )  # fmt: skip
 
     def apply(
         self,
@@ -193,6 +223,8 @@ class PatchAccessor:
         scale: float | Mapping[Hashable, float] | None = None,
         mask: xr.DataArray | Callable[[Any], Any] | None = None,
         template: Obj | None = None,
+        units: Units = "index",
+        overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
     ) -> Obj:
         """Run ``func`` on every patch and blend the results into one array.
@@ -209,8 +241,9 @@ class PatchAccessor:
             large fresh result is blended on helper threads while ``func`` makes
             the next one; a result ``func`` may still write to (a reused buffer,
             a view of its input) is blended before ``func`` is called again.
-        size, step, border, pad_mode, **size_kwargs
-            The grid, as for :meth:`grid`.
+        size, step, border, pad_mode, units, overlap, **size_kwargs
+            The grid, as for :meth:`grid`. With ``units="coords"``, ``halo`` and
+            ``chunks`` too are in the units of the coordinates.
         weights : {"gaussian", "mean", "hann"}, Kernel, array-like or callable
             How overlapping results are blended (see :mod:`xpatch.weights`).
         batch_size : int, optional
@@ -298,7 +331,7 @@ class PatchAccessor:
             batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
             on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
             overwrite=overwrite, merge=merge, iou=iou, halo=halo, scale=scale, mask=mask,
-            template=template, **size_kwargs,
+            template=template, units=units, overlap=overlap, **size_kwargs,
         )  # fmt: skip
 
     def aggregator(
@@ -318,14 +351,17 @@ class PatchAccessor:
         overwrite: bool = False,
         merge: str | None = None,
         iou: float = 0.5,
+        units: Units = "index",
+        overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
     ) -> Aggregator | InstanceAggregator:
         """An :class:`~xpatch.Aggregator` for a hand-written loop over the grid.
 
         Parameters
         ----------
-        size, step, border, pad_mode, **size_kwargs
-            The grid, as for :meth:`grid`.
+        size, step, border, pad_mode, units, overlap, **size_kwargs
+            The grid, as for :meth:`grid` (``chunks`` too in coordinate units with
+            ``units="coords"``).
         weights, chunks, on_chunk, fill_value, output_dims, out, overwrite, merge, iou
             As for :meth:`apply` (``merge="instances"`` gives an
             :class:`~xpatch.instances.InstanceAggregator` that stitches labels).
@@ -350,5 +386,6 @@ class PatchAccessor:
         return api.aggregator(
             self._obj, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             chunks=chunks, on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
-            out=out, overwrite=overwrite, merge=merge, iou=iou, **size_kwargs,
+            out=out, overwrite=overwrite, merge=merge, iou=iou, units=units, overlap=overlap,
+            **size_kwargs,
         )  # fmt: skip

@@ -23,6 +23,7 @@ from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._structure import spatial_subset
 from xpatch._types import Border, PadMode
+from xpatch._units import Units, grid_elements, to_elements
 from xpatch._validate import check_dims, flag, foreign_keywords, is_int, size_without_dims
 from xpatch.aggregate import Aggregator
 from xpatch.dataset import PatchDataset
@@ -45,6 +46,8 @@ def grid(
     border: Border = "squeeze",
     pad_mode: PadMode | None = None,
     mask: xr.DataArray | None = None,
+    units: Units = "index",
+    overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> PatchGrid:
     """The grid of patches over the named dims of ``obj`` (``obj.patch.grid``).
@@ -52,6 +55,10 @@ def grid(
     Spatial dims are ordered as in ``obj``, whatever the order of the sizes. A
     boolean ``mask`` over the spatial dims (any resolution, aligned by coordinates)
     marks the windows over which it holds no True as skipped (``grid.kept``).
+    With ``units="coords"``, ``size`` and ``step`` are in the units of the spatial
+    coordinates (converted with their regular spacing: :mod:`xpatch._units`);
+    ``overlap`` (a fraction of the patch, instead of ``step``) means
+    ``step = int(size * (1 - overlap))`` per dim, MONAI's rule.
 
     Examples
     --------
@@ -62,7 +69,7 @@ def grid(
     """
     if size is not None and not isinstance(size, Mapping):
         raise size_without_dims(size, obj.dims)
-    foreign_keywords(size_kwargs, obj.dims, {**(size or {}), **size_kwargs})
+    foreign_keywords(size_kwargs, obj.dims)
     if size is not None and size_kwargs:
         raise GridError("give the patch size either as a mapping or as keyword arguments, not both")
     sizes = dict(size if size is not None else size_kwargs)
@@ -74,6 +81,7 @@ def grid(
         set(dims) <= set(v.dims) for v in obj.data_vars.values()
     ):
         raise DimensionError(f"no data variable of the Dataset has all the spatial dims {dims}")
+    sizes, step = grid_elements(obj, dims, sizes, step, units, overlap)
     g = PatchGrid(
         {d: obj.sizes[d] for d in dims}, {d: sizes[d] for d in dims}, step, border, pad_mode
     )
@@ -90,6 +98,8 @@ def sample(
     step: int | Mapping[Hashable, int] | None = None,
     border: Border = "squeeze",
     pad_mode: PadMode | None = None,
+    units: Units = "index",
+    overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> Iterator[Obj]:
     """Each patch of ``obj`` as a labeled object, in grid order (``obj.patch.sample``).
@@ -101,7 +111,10 @@ def sample(
     >>> [p.x.values.tolist() for p in sample(da, x=4, step=2)]
     [[0, 10, 20, 30], [20, 30, 40, 50]]
     """
-    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    g = grid(
+        obj, size, step=step, border=border, pad_mode=pad_mode, units=units, overlap=overlap,
+        **size_kwargs,
+    )  # fmt: skip
     sampler = Sampler(spatial_subset(obj, g.dims), g)
     return (sampler(w) for w in g)
 
@@ -114,6 +127,8 @@ def dataset(
     step: int | Mapping[Hashable, int] | None = None,
     border: Border = "squeeze",
     pad_mode: PadMode | None = None,
+    units: Units = "index",
+    overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> PatchDataset:
     """A map-style dataset of the patches of ``obj`` (``obj.patch.dataset``).
@@ -125,7 +140,10 @@ def dataset(
     >>> len(ds), ds[3][0].shape
     (4, (2, 32, 32))
     """
-    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    g = grid(
+        obj, size, step=step, border=border, pad_mode=pad_mode, units=units, overlap=overlap,
+        **size_kwargs,
+    )  # fmt: skip
     return PatchDataset(spatial_subset(obj, g.dims), g)
 
 
@@ -155,6 +173,8 @@ def apply(
     merge: str | None = None,
     iou: float = 0.5,
     template: Obj | None = None,
+    units: Units = "index",
+    overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> Obj:
     """Run ``func`` on every patch of ``obj`` and blend the results (``obj.patch.apply``).
@@ -171,7 +191,11 @@ def apply(
     >>> bool(np.allclose(out, da.mean("band")))
     True
     """
-    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    g = grid(
+        obj, size, step=step, border=border, pad_mode=pad_mode, units=units, overlap=overlap,
+        **size_kwargs,
+    )  # fmt: skip
+    _, _, halo, chunks = to_elements(obj, g.dims, units, halo=halo, chunks=chunks)
     _check_chunks(chunks, g, out)
     keep = None
     if callable(mask) and not isinstance(mask, xr.DataArray):
@@ -232,6 +256,8 @@ def aggregator(
     overwrite: bool = False,
     merge: str | None = None,
     iou: float = 0.5,
+    units: Units = "index",
+    overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> Aggregator | instances.InstanceAggregator:
     """An :class:`~xpatch.Aggregator` over the grid of ``obj`` (``obj.patch.aggregator``).
@@ -246,7 +272,11 @@ def aggregator(
     >>> agg.result().values.tolist()
     [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0]
     """
-    g = grid(obj, size, step=step, border=border, pad_mode=pad_mode, **size_kwargs)
+    g = grid(
+        obj, size, step=step, border=border, pad_mode=pad_mode, units=units, overlap=overlap,
+        **size_kwargs,
+    )  # fmt: skip
+    chunks = to_elements(obj, g.dims, units, chunks=chunks).chunks
     _check_chunks(chunks, g, out)
     overwrite = flag(overwrite, "overwrite")
     obj = spatial_subset(obj, g.dims)
