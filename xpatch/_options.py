@@ -33,8 +33,11 @@ class BlendOptions:
     chunks : int or mapping, optional
     on_chunk : callable, optional
     fill_value : scalar, optional
-    output_dims : sequence of hashable, optional
-        Dims of a bare-array result for one window.
+    output_dims : sequence of hashable, or mapping of output name to dims, optional
+        Dims of a bare-array result for one window; a mapping names the dims of each
+        bare array among several outputs (kept as ``per_output_dims``).
+    output_names : sequence of hashable, optional
+        Names of the outputs of a ``func`` returning a tuple (see :mod:`xpatch._outputs`).
 
     Examples
     --------
@@ -51,6 +54,8 @@ class BlendOptions:
     on_chunk: Callable[[Any], Any] | None = None
     fill_value: Any = DEFAULT
     output_dims: tuple[Hashable, ...] | None = None
+    output_names: tuple[Hashable, ...] | None = None
+    per_output_dims: dict[Hashable, tuple[Hashable, ...]] | None = None
 
     def __post_init__(self) -> None:
         if self.on_chunk is not None and not callable(self.on_chunk):
@@ -59,18 +64,24 @@ class BlendOptions:
             value = np.asarray(self.fill_value)
             if value.ndim != 0 or value.dtype.kind not in "biufc":
                 raise PatchError(f"fill_value must be a number (or NaN), got {self.fill_value!r}")
-        if self.output_dims is not None:
+        if isinstance(self.output_dims, Mapping):  # per output (several outputs)
+            object.__setattr__(self, "per_output_dims", _per_output_dims(self.output_dims))
+            object.__setattr__(self, "output_dims", None)
+        elif self.output_dims is not None:
             dims = dim_names(self.output_dims, "output_dims", "('class', 'y', 'x')")
             object.__setattr__(self, "output_dims", dims)
+        if self.output_names is not None:
+            names = _output_names(self.output_names, self.per_output_dims)
+            object.__setattr__(self, "output_names", names)
 
     def check_spatial(self, dims: Sequence[Hashable]) -> None:
-        """``output_dims`` must hold every spatial dim."""
-        if self.output_dims is not None:
-            missing = [d for d in dims if d not in self.output_dims]
+        """``output_dims`` (each entry of a mapping) must hold every spatial dim."""
+        named = {"": self.output_dims} if self.output_dims is not None else {}
+        named.update({f"[{k!r}]": v for k, v in (self.per_output_dims or {}).items()})
+        for key, given in named.items():
+            missing = [d for d in dims if d not in given]
             if missing:
-                raise DimensionError(
-                    f"output_dims {self.output_dims} lacks the spatial dims {missing}"
-                )
+                raise DimensionError(f"output_dims{key} {given} lacks the spatial dims {missing}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,7 @@ class ApplyOptions:
         overwrite: bool = False,
         scale: dict[Hashable, Any] | None = None,
         template: Any = None,
+        output_names: Sequence[Hashable] | None = None,
     ) -> ApplyOptions:
         """Validate the arguments of ``apply`` for a source with ``source_dims``.
 
@@ -155,7 +167,7 @@ class ApplyOptions:
         if out is None and resume:
             raise PatchError("resume=True needs out=, the zarr store of the interrupted run")
         batched = None
-        if output_dims is not None:
+        if output_dims is not None and not isinstance(output_dims, Mapping):
             example = (
                 f"({batch_dim!r}, 'y', 'x')" if batch_size is not None else "('class', 'y', 'x')"
             )
@@ -174,8 +186,10 @@ class ApplyOptions:
             on_chunk=on_chunk,
             fill_value=fill_value,
             output_dims=output_dims,
+            output_names=output_names,
         )
-        if template is not None and not hasattr(template, "dims"):
+        several = isinstance(template, (tuple, Mapping))  # (made a Dataset by _outputs)
+        if template is not None and not hasattr(template, "dims") and not several:
             raise TypeError(
                 "template must be a DataArray or Dataset like func's result for one patch"
                 f" (its spatial sizes do not matter), got {type(template).__name__}"
@@ -183,3 +197,59 @@ class ApplyOptions:
         return cls(
             blend, batch_size, batch_dim, batched, out, resume, progress, overwrite, scale, template
         )
+
+
+def _per_output_dims(value: Mapping[Any, Any]) -> dict[Hashable, tuple[Hashable, ...]]:
+    """``output_dims`` given per output: name -> dims, each a valid sequence of dim names.
+
+    Examples
+    --------
+    >>> _per_output_dims({"prob": ("class", "y", "x"), "unc": ["y", "x"]})
+    {'prob': ('class', 'y', 'x'), 'unc': ('y', 'x')}
+    """
+    return {
+        name: dim_names(dims, f"output_dims[{name!r}]", "('class', 'y', 'x')")
+        for name, dims in value.items()
+    }
+
+
+def _output_names(value: Any, per_output: Mapping[Hashable, Any] | None) -> tuple[Hashable, ...]:
+    """``output_names``: distinct names, one per output of a tuple; the keys of a
+    per-output ``output_dims`` must be among them.
+
+    Examples
+    --------
+    >>> _output_names(["prob", "unc"], None)
+    ('prob', 'unc')
+    >>> _output_names("prob", None)
+    Traceback (most recent call last):
+    ...
+    TypeError: output_names must be a sequence of names, ...; got 'prob' (str)
+    """
+    if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):
+        raise TypeError(
+            "output_names must be a sequence of names, one per output of func, e.g."
+            f" output_names=('prob', 'unc'); got {value!r} ({type(value).__name__})"
+        )
+    names = tuple(value)
+    for name in names:
+        if (
+            name is None
+            or isinstance(name, (tuple, list, set, dict))
+            or not isinstance(name, Hashable)
+        ):
+            raise TypeError(
+                f"output_names {names!r}: each entry must be a name (a str), got {name!r}"
+                f" ({type(name).__name__})"
+            )
+    repeated = sorted({str(n) for i, n in enumerate(names) if n in names[:i]})
+    if repeated:
+        raise PatchError(
+            f"output_names {names!r} repeats {', '.join(repeated)}: each output needs its own name"
+        )
+    unknown = [k for k in per_output or {} if k not in names]
+    if unknown:
+        raise PatchError(
+            f"output_dims names the outputs {unknown}, which are not in output_names {names!r}"
+        )
+    return names

@@ -209,7 +209,8 @@ class PatchAccessor:
         weights: WeightsLike = "gaussian",
         batch_size: int | None = None,
         batch_dim: Hashable = "patch",
-        output_dims: Sequence[Hashable] | None = None,
+        output_dims: Sequence[Hashable] | Mapping[Hashable, Sequence[Hashable]] | None = None,
+        output_names: Sequence[Hashable] | None = None,
         chunks: int | Mapping[Hashable, int] | None = None,
         on_chunk: Callable[[Any], Any] | None = None,
         fill_value: Any = DEFAULT,
@@ -234,8 +235,10 @@ class PatchAccessor:
         func : callable
             Called with each patch (a DataArray or Dataset with coordinates), or
             with a batch of patches stacked along ``batch_dim``. Returns a
-            DataArray/Dataset (its dims and non-spatial coords are used) or an
-            array-like (named by ``output_dims``). Non-spatial dims may change
+            DataArray/Dataset (its dims and non-spatial coords are used), an
+            array-like (named by ``output_dims``), or several outputs as a tuple or
+            dict of those (the result is then a Dataset, one variable per output,
+            each blended). Non-spatial dims may change
             (bands in, classes out); spatial sizes must stay those of the patch.
             It is called on the calling thread, one patch or batch at a time. A
             large fresh result is blended on helper threads while ``func`` makes
@@ -250,9 +253,15 @@ class PatchAccessor:
             Give ``func`` up to this many patches at a time, stacked along ``batch_dim``.
         batch_dim : hashable, default: "patch"
             Name of the dim along which batches are stacked.
-        output_dims : sequence of hashable, optional
+        output_dims : sequence of hashable, or mapping of output name to dims, optional
             Dims of a bare-array result, in its axis order (with ``batch_dim``,
-            at any position, when batching); default: the patch's dims.
+            at any position, when batching); default: the patch's dims. For
+            several outputs, a mapping names each bare array's dims (the batch dim
+            first unless placed); without it they are the spatial dims or the
+            patch's, by the array's number of dims.
+        output_names : sequence of hashable, optional
+            Names of the outputs when ``func`` returns a tuple (default: the
+            DataArrays' names, else ``output_0``, ``output_1``, ...).
         chunks : int or mapping of hashable to int, optional
             Aggregation regions per spatial dim. A chunk is finished, passed to
             ``on_chunk`` and written as soon as its last patch is added. Chunks
@@ -328,10 +337,11 @@ class PatchAccessor:
         """
         return api.apply(
             self._obj, func, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
-            batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims, chunks=chunks,
-            on_chunk=on_chunk, fill_value=fill_value, out=out, resume=resume, progress=progress,
-            overwrite=overwrite, merge=merge, iou=iou, halo=halo, scale=scale, mask=mask,
-            template=template, units=units, overlap=overlap, **size_kwargs,
+            batch_size=batch_size, batch_dim=batch_dim, output_dims=output_dims,
+            output_names=output_names, chunks=chunks, on_chunk=on_chunk, fill_value=fill_value,
+            out=out, resume=resume, progress=progress, overwrite=overwrite, merge=merge, iou=iou,
+            halo=halo, scale=scale, mask=mask, template=template, units=units, overlap=overlap,
+            **size_kwargs,
         )  # fmt: skip
 
     def aggregator(
@@ -346,7 +356,8 @@ class PatchAccessor:
         chunks: int | Mapping[Hashable, int] | None = None,
         on_chunk: Callable[[Any], Any] | None = None,
         fill_value: Any = DEFAULT,
-        output_dims: Sequence[Hashable] | None = None,
+        output_dims: Sequence[Hashable] | Mapping[Hashable, Sequence[Hashable]] | None = None,
+        output_names: Sequence[Hashable] | None = None,
         out: Any = None,
         overwrite: bool = False,
         merge: str | None = None,
@@ -362,7 +373,7 @@ class PatchAccessor:
         size, step, border, pad_mode, units, overlap, **size_kwargs
             The grid, as for :meth:`grid` (``chunks`` too in coordinate units with
             ``units="coords"``).
-        weights, chunks, on_chunk, fill_value, output_dims, out, overwrite, merge, iou
+        weights, chunks, on_chunk, fill_value, output_dims, output_names, out, overwrite, merge, iou
             As for :meth:`apply` (``merge="instances"`` gives an
             :class:`~xpatch.instances.InstanceAggregator` that stitches labels).
 
@@ -386,6 +397,6 @@ class PatchAccessor:
         return api.aggregator(
             self._obj, size, step=step, border=border, pad_mode=pad_mode, weights=weights,
             chunks=chunks, on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
-            out=out, overwrite=overwrite, merge=merge, iou=iou, units=units, overlap=overlap,
-            **size_kwargs,
+            output_names=output_names, out=out, overwrite=overwrite, merge=merge, iou=iou,
+            units=units, overlap=overlap, **size_kwargs,
         )  # fmt: skip

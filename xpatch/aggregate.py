@@ -32,6 +32,7 @@ from xpatch._finish import ChunkFinisher
 from xpatch._gather import Gathering
 from xpatch._locate import LabelCheck, Locator, check_window
 from xpatch._options import BlendOptions
+from xpatch._outputs import for_aggregator
 from xpatch._plan import BlendPlan
 from xpatch._sinks import MemorySink, Sink
 from xpatch._structure import (
@@ -217,6 +218,7 @@ class Aggregator:
         ``inf - inf`` under ``np.errstate(invalid="raise")``) is then raised by a
         later ``add`` or by :meth:`result`. The result is the same either way.
         """
+        result = for_aggregator(result, self)  # a tuple or dict of outputs: a Dataset
         window = self._locate(result) if window is None else check_window(self.grid, window)
         if self._kept is not None and not self._kept[window.index]:
             raise AggregationError(

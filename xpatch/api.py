@@ -18,6 +18,7 @@ from xpatch import _apply, instances, parallel, store
 from xpatch._dtypes import DEFAULT
 from xpatch._mask import kept_by_mask
 from xpatch._options import ApplyOptions, BlendOptions
+from xpatch._outputs import prepare
 from xpatch._patchmap import PatchMap, as_scale
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
@@ -159,7 +160,8 @@ def apply(
     weights: WeightsLike = "gaussian",
     batch_size: int | None = None,
     batch_dim: Hashable = "patch",
-    output_dims: Sequence[Hashable] | None = None,
+    output_dims: Sequence[Hashable] | Mapping[Hashable, Sequence[Hashable]] | None = None,
+    output_names: Sequence[Hashable] | None = None,
     chunks: int | Mapping[Hashable, int] | None = None,
     on_chunk: Callable[[Any], Any] | None = None,
     fill_value: Any = DEFAULT,
@@ -231,7 +233,9 @@ def apply(
         overwrite=overwrite,
         scale=None if scale is None else dict(pm.scale),
         template=template,
+        output_names=output_names,
     )
+    func, options = prepare(func, options, obj, g.dims)  # several outputs: one Dataset
     if options.out is not None:
         return store.apply_to_store(obj, func, g, options, pm=pm, keep=keep)
     if parallel.is_dask_backed(obj):
@@ -251,7 +255,8 @@ def aggregator(
     chunks: int | Mapping[Hashable, int] | None = None,
     on_chunk: Callable[[Any], Any] | None = None,
     fill_value: Any = DEFAULT,
-    output_dims: Sequence[Hashable] | None = None,
+    output_dims: Sequence[Hashable] | Mapping[Hashable, Sequence[Hashable]] | None = None,
+    output_names: Sequence[Hashable] | None = None,
     out: Any = None,
     overwrite: bool = False,
     merge: str | None = None,
@@ -285,7 +290,7 @@ def aggregator(
             obj, g, merge=merge, iou=iou, chunks=chunks, out=out, overwrite=overwrite,
             on_chunk=on_chunk, fill_value=fill_value, output_dims=output_dims,
         )  # fmt: skip
-    options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims)  # type: ignore[arg-type]
+    options = BlendOptions(weights, chunks, on_chunk, fill_value, output_dims, output_names)  # type: ignore[arg-type]
     sink = None
     if out is not None:
         sink = store.ZarrSink(
