@@ -190,21 +190,16 @@ def test_a_weights_callable_with_the_wrong_shape_names_it_and_the_size():
 
 
 # --- keywords of other libraries -------------------------------------------------------
-def test_overlap_suggests_step_with_the_value_it_means():
+def test_overlap_is_an_argument_with_monais_rule():  # it was refused before issue 18
     da = _da(n=512)
-    with pytest.raises(GridError) as info:
-        da.patch.apply(never, y=256, x=256, overlap=0.25)
-    message = str(info.value)
-    assert "overlap=0.25 is not an xpatch argument" in message
-    assert "step={'y': 192, 'x': 192}" in message
-    assert "y=256, x=256" in message
+    assert da.patch.grid(y=256, x=256, overlap=0.25).step == {"y": 192, "x": 192}
 
 
 def test_overlap_per_dim_and_without_sizes():
     da = _da(n=512)
     with pytest.raises(GridError, match=r"step=\{'y': 128, 'x': 192\}"):
         da.patch.apply(never, y=256, x=256, overlap=(0.5, 0.25))
-    with pytest.raises(GridError, match=r"overlap.*step = int\(size \* \(1 - overlap\)\)"):
+    with pytest.raises(GridError, match="give the patch size"):
         da.patch.apply(never, overlap=0.5)
 
 
@@ -245,7 +240,7 @@ def test_foreign_keywords_in_grid_and_aggregator():
     with pytest.raises(GridError, match="step=8"):
         da.patch.grid(y=16, x=16, stride=8)
     with pytest.raises(GridError, match="step="):
-        da.patch.aggregator(y=16, x=16, overlap=0.5)
+        da.patch.aggregator(y=16, x=16, scan_interval=8)
 
 
 # --- flags ------------------------------------------------------------------------------
@@ -319,7 +314,9 @@ def _cases():
         ("output_dims", dict(s, output_dims=("y", "y", "x")), ()),
         ("weights", dict(s, weights=np.full((16, 16), None, dtype=object)), ()),
         ("weights", dict(s, weights=lambda size: np.ones((2, 2))), ()),
-        ("overlap", dict(s, overlap=0.25), ()),
+        ("overlap", dict(s, overlap=1.25), ()),
+        ("overlap", dict(s, step=8, overlap=0.5), ()),
+        ("units", dict(s, units="metres"), ()),
         ("stride", dict(s, stride=8), ()),
         ("patch_size", {"patch_size": 16}, ()),
         ("progress", dict(s, progress="yes"), ()),

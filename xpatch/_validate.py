@@ -190,30 +190,23 @@ _PAD_WORDS = {
 }
 
 
-def foreign_keywords(
-    kwargs: Mapping[Hashable, Any], dims: Sequence[Hashable], sizes: Mapping[Hashable, Any]
-) -> None:
+def foreign_keywords(kwargs: Mapping[Hashable, Any], dims: Sequence[Hashable]) -> None:
     """Refuse keywords of other libraries that are not dims of the array, saying what
-    xpatch calls them (``overlap`` -> ``step``, with the step it means per dim).
-
-    ``sizes`` are the patch sizes given so far (dim -> int), for the suggestions.
+    xpatch calls them (``stride`` -> ``step``, ``roi_size`` -> sizes per dim, ...).
+    (``overlap`` is an xpatch argument: see :func:`xpatch._units.overlap_step`.)
 
     Examples
     --------
-    >>> foreign_keywords({"overlap": 0.25}, ("y", "x"), {"y": 256, "x": 256})
+    >>> foreign_keywords({"stride": 8}, ("y", "x"))
     Traceback (most recent call last):
     ...
-    xpatch.errors.GridError: overlap=0.25 is not an xpatch argument: use step=...
-    ... for size y=256, x=256 that is step={'y': 192, 'x': 192}
+    xpatch.errors.GridError: stride=8 is not an xpatch argument: use step=8 (an int, or ...)
     """
     dims = tuple(dims)
-    sizes = {d: sizes[d] for d in dims if d in sizes and is_int(sizes[d])}  # array order
     for key, value in kwargs.items():
         if key in dims or not isinstance(key, str):
             continue
         head = f"{key}={value!r} is not an xpatch argument: "
-        if key == "overlap":
-            raise GridError(head + _overlap_hint(value, sizes))
         if key in _STEP_WORDS:
             raise GridError(head + f"use step={value!r} (an int, or a mapping dim -> int)")
         if key in _SIZE_WORDS:
@@ -245,25 +238,6 @@ def foreign_keywords(
             mode = _PAD_WORDS.get(value) if isinstance(value, str) else None
             choice = repr(mode) if mode else f" (one of {PAD_MODES})"
             raise GridError(head + f"use border='pad', pad_mode={choice}")
-
-
-def _overlap_hint(overlap: Any, sizes: Mapping[Hashable, int]) -> str:
-    rule = (
-        "use step=..., the distance between patch starts"
-        " (step = int(size * (1 - overlap)), MONAI's rule)"
-    )
-    if not sizes:
-        return rule + "; give the patch size per dim too, e.g. y=256, x=256"
-    if isinstance(overlap, Sequence) and not isinstance(overlap, str):
-        per_dim = list(overlap)
-    else:
-        per_dim = [overlap] * len(sizes)
-    if len(per_dim) != len(sizes) or not all(
-        isinstance(o, numbers.Real) and 0 <= o < 1 for o in per_dim
-    ):
-        return rule + " with 0 <= overlap < 1"
-    step = {d: max(int(n * (1 - o)), 1) for (d, n), o in zip(sizes.items(), per_dim)}
-    return rule + f"; for size {keywords(sizes)} that is step={step!r}"
 
 
 def check_dims(keys: Iterable[Hashable], available: Iterable[Hashable], argument: str) -> None:
