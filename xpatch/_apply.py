@@ -20,7 +20,7 @@ from xpatch._sampling import Sampler, stack
 from xpatch._sinks import Sink
 from xpatch._structure import THIS, Meta, Variables, What, source_dims, split
 from xpatch.aggregate import Aggregator
-from xpatch.errors import ResultError
+from xpatch.errors import IncompleteError, ResultError, WeightsError
 from xpatch.grid import PatchGrid, Window
 
 
@@ -129,6 +129,11 @@ def run(
     if head:
         try:
             _run_mapped(obj, func, agg, options, pm, order[:head], bar, keep, first)
+        except BaseException:
+            if bar is not None:  # (a rescaled run shows a bar of its own)
+                bar.leave = False
+                bar.close()
+            raise
         finally:
             if bar is not None and head >= len(order):
                 bar.close()
@@ -469,6 +474,8 @@ def _keep(keep: Callable[[Any], Any], patch: Any, w: Window) -> bool:
         err.add_note(f"xpatch: raised by mask (the predicate) on {w!r}")
         raise
     try:
+        if verdict is None:  # (a predicate that forgot to return)
+            raise TypeError
         return bool(np.asarray(verdict).item())
     except (ValueError, TypeError):
         raise ResultError(
@@ -547,7 +554,11 @@ def apply(
     makes the run skip the windows that touch only those chunks.
     """
     pm = pm if pm is not None else PatchMap.make(grid)
-    agg = _aggregator(obj, pm, options, sink)
+    try:
+        agg = _aggregator(obj, pm, options, sink)
+    except WeightsError as err:
+        weights_hint(err, options)
+        raise
     skip = agg.skip_finished(sink.done) if sink is not None and sink.done is not None else None
     try:
         run(obj, func, agg, options, skip, pm, keep)
@@ -562,7 +573,22 @@ def apply(
         agg = _aggregator(obj, pm, options, None)
         first = None if again.result is None else (again.index, again.result)
         run(obj, func, agg, options, None, pm, keep, first)
+    if keep is not None and not agg.n_added and (skip is None or not skip.any()):
+        raise IncompleteError(
+            f"mask (the predicate) returned False for every one of the {grid.n_kept} windows:"
+            " func was never called, so there is no result to blend; check the predicate on"
+            " a few patches of obj.patch.sample(...)"
+        )
     return agg.result()
+
+
+def weights_hint(err: WeightsError, options: ApplyOptions) -> None:
+    """Say, on a weights array refused before the scale is known, how to give one."""
+    if options.scale is None:
+        err.add_note(
+            "xpatch: if func returns patches at another resolution, give scale= as well:"
+            " a weights array then has the shape of func's output patch"
+        )
 
 
 def _show(scale: Mapping[Hashable, Any]) -> str:

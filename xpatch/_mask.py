@@ -58,7 +58,10 @@ def _axis_ranges(
         flip = len(msk) > 1 and msk[0] > msk[-1]
         msk = msk[::-1] if flip else msk
         if np.any(np.diff(msk) <= 0):
-            raise DimensionError(f"mask coordinate {d!r} is not monotonic: it cannot be aligned")
+            raise DimensionError(
+                f"mask coordinate {d!r} is not strictly monotonic: it cannot be aligned; sort"
+                f" it and drop repeated values first (mask.sortby({d!r}))"
+            )
         order = src if len(src) < 2 or src[0] < src[-1] else src[::-1]
         lo_s, hi_s = _edges(order)
         if order is not src:  # back to the source's index order
@@ -101,6 +104,11 @@ def kept_by_mask(obj: xr.DataArray | xr.Dataset, grid: PatchGrid, mask: xr.DataA
     >>> kept_by_mask(da, da.patch.grid(y=4, x=4), coarse).tolist()
     [True, False, False, False]
     """
+    if callable(mask) and not isinstance(mask, xr.DataArray):
+        raise TypeError(
+            "a grid's mask must be a boolean DataArray: a predicate is asked per patch while"
+            " func runs, so give it to apply(..., mask=predicate)"
+        )
     if not isinstance(mask, xr.DataArray):
         raise TypeError(
             f"mask must be a boolean DataArray over the spatial dims or a callable, got"

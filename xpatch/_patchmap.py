@@ -45,11 +45,13 @@ def as_scale(value: Any, dim: Hashable) -> Fraction:
     (Fraction(1, 4), Fraction(2, 1), Fraction(1, 3))
     """
     try:
+        if isinstance(value, bool):  # (an int to Fraction, but no factor)
+            raise TypeError
         if isinstance(value, float):
             f = Fraction(value).limit_denominator(1 << 16)
         else:
             f = Fraction(value)
-    except (TypeError, ValueError, ZeroDivisionError):
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
         raise GridError(
             f"scale for dim {dim!r} must be a positive number such as 2 or 0.25, got {value!r}"
         ) from None
@@ -131,15 +133,23 @@ class PatchMap:
                 f"choose a size, step and border whose starts are multiples of {f.denominator}"
                 f" along {d!r} (e.g. border='crop'), or another scale"
             )
-            _scaled(ax.length, f, "length", d, "crop or pad the array to a multiple first")
+            # border="crop" leaves the tail after the last window uncovered: the output
+            # ends with the last whole output element there
+            if grid.border != "crop":
+                _scaled(ax.length, f, "length", d, "crop or pad the array to a multiple first")
             _scaled(grid.size[d], f, "patch size", d, fix)
             _scaled(h, f, "halo", d, f"choose a halo that is a multiple of {f.denominator}")
             for s in np.unique(ax.starts):
                 _scaled(int(s), f, "patch start", d, fix)
             for n in np.unique(ax.sizes):
                 _scaled(int(n), f, "patch size", d, fix)
+            for n in np.unique(hi - lo):  # the halo clipped at the array's ends
+                _scaled(
+                    int(n), f, "patch size with its halo (clipped at the array's end)", d,
+                    f"crop the array to a length that is a multiple of {f.denominator} first",
+                )  # fmt: skip
             num, den = f.numerator, f.denominator
-            tgt_axes.append(
+            tgt_axes.append(  # (the length rounded down only under border="crop")
                 AxisPlan(d, ax.length * num // den, ax.starts * num // den, ax.sizes * num // den)
             )
             crops.append((ax.starts - lo) * num // den)

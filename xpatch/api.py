@@ -117,7 +117,7 @@ def sample(
         **size_kwargs,
     )  # fmt: skip
     sampler = Sampler(spatial_subset(obj, g.dims), g)
-    return (sampler(w) for w in g)
+    return (sampler(w) for w in g.kept_windows())  # a mask's skipped windows: never sampled
 
 
 def dataset(
@@ -145,6 +145,11 @@ def dataset(
         obj, size, step=step, border=border, pad_mode=pad_mode, units=units, overlap=overlap,
         **size_kwargs,
     )  # fmt: skip
+    if g.kept is not None:  # its items are indexed by window: it would serve skipped ones
+        raise GridError(
+            "dataset does not take mask=: take the kept windows of the full dataset instead,"
+            " e.g. torch.utils.data.Subset(ds, np.flatnonzero(obj.patch.grid(..., mask=m).kept))"
+        )
     return PatchDataset(spatial_subset(obj, g.dims), g)
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xpatch._apply import Rescaled, crop_variables, unbatch
+from xpatch._apply import Rescaled, crop_variables, unbatch, weights_hint
 from xpatch._options import ApplyOptions
 from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
@@ -59,6 +59,7 @@ from xpatch._structure import (
 )
 from xpatch._tasks import _block_task, _group_task, _part_of, _Shared
 from xpatch.aggregate import Aggregator
+from xpatch.errors import WeightsError
 from xpatch.grid import PatchGrid, Window
 from xpatch.layout import ChunkLayout
 
@@ -447,7 +448,11 @@ def builder(
     keep: Callable[[Any], Any] | None = None,
 ) -> _GraphBuilder:
     """The graph builder, its layout learnt (the scale too, when none was given)."""
-    b = _GraphBuilder(obj, func, grid, options, pm, keep)
+    try:
+        b = _GraphBuilder(obj, func, grid, options, pm, keep)
+    except WeightsError as err:
+        weights_hint(err, options)
+        raise
     try:
         b.layout_known = b.learn_layout()
     except Rescaled as again:
