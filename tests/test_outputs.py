@@ -240,6 +240,7 @@ def test_bad_arguments_are_refused_before_func(kwargs, error, match):
         (lambda p: (p.to_dataset(), p), {}, "output 'output_0' of func is a Dataset"),
         (lambda p: p.mean("band"), {"output_names": ("a",)}, "returned a single DataArray"),
         (lambda p: (), {}, "empty tuple"),
+        (lambda p: [p, p], {}, "returned a list: func may return several outputs as a tuple"),
         (bare, {"output_dims": {"pr": ("class", "y", "x")}}, r"names the outputs \['pr'\]"),
     ],
 )

@@ -135,9 +135,9 @@ def split(
     else:
         if isinstance(result, (Mapping, tuple, list)):
             raise ResultError(
-                f"{what} returned a {type(result).__name__}: for several outputs return an"
-                " xarray.Dataset with one variable per output (e.g. xr.Dataset({'probs':"
-                " probs, 'sigma': sigma})), else one DataArray or array"
+                f"{what} returned a {type(result).__name__}: func may return several outputs"
+                " as a tuple or dict (e.g. {'probs': probs, 'sigma': sigma}) or an"
+                " xarray.Dataset with one variable per output, else one DataArray or array"
             )
         try:
             data = to_numpy(result)

@@ -198,9 +198,11 @@ class Aggregator:
 
         Parameters
         ----------
-        result : DataArray, Dataset or array-like
+        result : DataArray, Dataset or array-like, or a tuple or dict of them
             The result for ``window``; it must hold every spatial dim at the
             window's size. A bare array takes ``output_dims`` (default: the source's dims).
+            Several outputs (a tuple or dict) are blended as one Dataset, one variable
+            per output (named and dimensioned as by ``apply``).
         window : Window, optional
             Where the result goes; default: located by the result's spatial coordinates.
 
