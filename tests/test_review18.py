@@ -247,3 +247,21 @@ def test_progress_bar_of_a_run_restarted_at_the_found_scale_is_closed(monkeypatc
     assert bars and all(b.closed for b in bars)
     shown = [b for b in bars if b.leave]
     assert len(shown) == 1 and shown[0].n == shown[0].total == 12
+
+
+def test_template_without_the_spatial_dims_is_named_as_the_template():
+    func = Counter()
+    template = xr.DataArray(np.zeros(3), dims="c")
+    with pytest.raises(ResultError, match=r"^template lacks the spatial dims"):
+        raster().chunk(32).patch.apply(func, y=16, x=16, template=template)
+    assert func.n == 0
+
+
+def test_template_of_a_super_resolution_model_says_to_give_scale():
+    da = raster()
+    template = xr.DataArray(np.zeros((32, 32)), dims=("y", "x"))
+    lazy = da.chunk(32).patch.apply(up2, y=16, x=16, step=8, template=template)
+    with pytest.raises(ResultError, match="scale="):
+        lazy.compute()
+    out = da.chunk(32).patch.apply(up2, y=16, x=16, step=8, template=template, scale=2)
+    np.testing.assert_allclose(out.values, np.repeat(np.repeat(da.values, 2, 0), 2, 1))

@@ -26,6 +26,7 @@ from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
 from xpatch._sampling import BlockCut, CutPlan, Sampler, SourceLabels, cut_coords, stack
 from xpatch._structure import ResultSpec, Variables, What, spatial_check, split
+from xpatch.errors import ResultError
 from xpatch.grid import Window
 from xpatch.layout import Tally
 
@@ -91,10 +92,18 @@ def _group_task(
         return labels.patch(coords, data)
 
     def add(window: Window, variables: Variables) -> None:
-        if not pm.identity:
-            variables = crop_variables(variables, pm, window, What(window))
-            window = grid[window.index]
-        spatial_check(variables, dict(zip(grid.dims, window.shape)), What(window))
+        try:
+            if not pm.identity:
+                variables = crop_variables(variables, pm, window, What(window))
+                window = grid[window.index]
+            spatial_check(variables, dict(zip(grid.dims, window.shape)), What(window))
+        except ResultError as err:
+            if options.template is not None and options.scale is None:
+                err.add_note(
+                    "xpatch: with template=, no result tells the scale: if func returns"
+                    " patches at another resolution, give scale= as well"
+                )
+            raise
         spec.check(variables, What(window))
         acc.add(window, variables, list(layout.touched(window.position)), tally)
 

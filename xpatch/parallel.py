@@ -59,7 +59,7 @@ from xpatch._structure import (
 )
 from xpatch._tasks import _block_task, _group_task, _part_of, _Shared
 from xpatch.aggregate import Aggregator
-from xpatch.errors import WeightsError
+from xpatch.errors import ResultError, WeightsError
 from xpatch.grid import PatchGrid, Window
 from xpatch.layout import ChunkLayout
 
@@ -168,6 +168,13 @@ class _GraphBuilder:
             output_dims=None,
             what="template",
         )
+        for dims, _ in variables.values():
+            if missing := [d for d in self.grid.dims if d not in dims]:
+                raise ResultError(
+                    f"template lacks the spatial dims {missing}: it has dims {dims}; give an"
+                    " example of func's result for one patch, which keeps the patch's spatial"
+                    " dims (their sizes do not matter)"
+                )
         expected = dict(zip(self.grid.dims, self.pm.expected(first)))
         return {
             name: (
