@@ -209,15 +209,30 @@ def test_index_units_still_take_elements_only():
         _raster().patch.grid(y=3840.0, x=128)
 
 
+def monai_starts(length, size, overlap):
+    """Window starts along one axis as monai.inferers.utils computes them
+    (``_get_scan_interval`` and ``dense_patch_slices``)."""
+    interval = size if size == length else max(int(size * (1 - overlap)), 1)
+    count = math.ceil(length / interval)
+    last = next((i for i in range(count) if i * interval + size >= length), None)
+    n = 1 if last is None else last + 1
+    return [i * interval - max(i * interval + size - length, 0) for i in range(n)]
+
+
+@given(
+    length=st.integers(1, 400),
+    data=st.data(),
+    overlap=st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]) | st.floats(0, 0.999),
+)
+def test_overlap_with_the_edge_border_places_monais_windows(length, data, overlap):
+    size = data.draw(st.integers(1, length))
+    da = xr.DataArray(np.zeros(length), dims="x")
+    g = da.patch.grid(x=size, overlap=overlap, border="edge")
+    assert g.starts["x"].tolist() == monai_starts(length, size, overlap)
+
+
 @pytest.mark.parametrize("border", ["edge", "squeeze"])
 def test_overlap_gives_monais_grid(border):
-    def monai_starts(length, size, overlap):  # monai.inferers.utils, one axis
-        interval = size if size == length else max(int(size * (1 - overlap)), 1)
-        count = math.ceil(length / interval)
-        last = next((i for i in range(count) if i * interval + size >= length), None)
-        n = 1 if last is None else last + 1
-        return [i * interval - max(i * interval + size - length, 0) for i in range(n)]
-
     da = _raster()
     g = da.patch.grid(y=128, x=96, overlap=0.25, border=border)
     assert g.step == {"y": int(128 * (1 - 0.25)), "x": int(96 * (1 - 0.25))}
