@@ -265,3 +265,25 @@ def test_template_of_a_super_resolution_model_says_to_give_scale():
         lazy.compute()
     out = da.chunk(32).patch.apply(up2, y=16, x=16, step=8, template=template, scale=2)
     np.testing.assert_allclose(out.values, np.repeat(np.repeat(da.values, 2, 0), 2, 1))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_model_that_crops_its_own_halo_is_not_taken_for_half_resolution(lazy):
+    """Under border='pad' every widened patch is 16 + 2*8 = 32: a result of 16 (the
+    patch proper, the halo cut off by func itself) must not be read as scale 1/2."""
+    da = raster()
+    obj = da.chunk(32) if lazy else da
+    with pytest.raises(ResultError, match="halo") as info:
+        out = obj.patch.apply(
+            lambda p: p.values[8:-8, 8:-8], y=16, x=16, halo=8, border="pad", weights="mean"
+        )
+        out.compute()
+    assert "scale=" in str(info.value)
+    # a model at half resolution with that halo says so, and is blended as such
+    out = obj.patch.apply(
+        lambda p: p.values.reshape(16, 2, 16, 2).mean(axis=(1, 3)),
+        y=16, x=16, halo=8, border="pad", scale=0.5, weights="mean",
+    )  # fmt: skip
+    assert out.sizes == {"y": 32, "x": 24}
+    want = da.values.reshape(32, 2, 24, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(out.values, want, atol=1e-12)

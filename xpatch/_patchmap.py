@@ -227,11 +227,25 @@ class PatchMap:
             parts = [f"halo {self.halo}"] if any(self.halo.values()) else []
             if self.scaled:
                 parts.append(f"scale { {d: str(f) for d, f in self.scale.items()} }")
+            hint = ""
+            if self._without_halo(got, window):
+                hint = (
+                    "; it has the size of the patch proper, as if func had cut the halo off"
+                    " itself: return the whole patch it was given (xpatch crops the halo), or"
+                    " give scale= if the result is at another resolution"
+                )
             raise ResultError(
                 f"{what} has spatial sizes {got}; expected {want} (func saw {src!r}"
                 f"{', ' + ', '.join(parts) if parts else ''}): a result must cover the patch"
-                " it was given, times the scale"
+                f" it was given, times the scale{hint}"
             )
+
+    def _without_halo(self, sizes: Mapping[Hashable, int], window: Window) -> bool:
+        """Do ``sizes`` match the patch proper of ``window`` (at this scale) where a
+        halo widens it: a func that cut the halo off itself?"""
+        proper = dict(zip(self.grid.dims, self.target[window.index].shape))
+        widened = [d for d in self.grid.dims if self.halo[d]]
+        return bool(widened) and all(int(sizes.get(d, -1)) == proper[d] for d in widened)
 
     def infer_scale(
         self, sizes: Mapping[Hashable, int], window: Window, what: Any
@@ -244,8 +258,8 @@ class PatchMap:
             if d not in sizes:
                 return None  # the spatial check says what is missing
             found[d] = Fraction(int(sizes[d]), int(n))
-        if found == self.scale:
-            return None
+        if found == self.scale or self._without_halo(sizes, window):
+            return None  # (the patch proper without its halo is not another scale)
         # a whole factor or its inverse (x2 super-resolution, a 1/4 feature map); any
         # other ratio is a result of the wrong size, which check() reports
         if all(f and (f.numerator == 1 or f.denominator == 1) for f in found.values()):
