@@ -57,7 +57,7 @@ def grid(
     boolean ``mask`` over the spatial dims (any resolution, aligned by coordinates)
     marks the windows over which it holds no True as skipped (``grid.kept``).
     With ``units="coords"``, ``size`` and ``step`` are in the units of the spatial
-    coordinates (converted with their regular spacing: :mod:`xpatch._units`);
+    coordinates (converted with the spacing of their regular 1-D coordinates);
     ``overlap`` (a fraction of the patch, instead of ``step``) means
     ``step = int(size * (1 - overlap))`` per dim, MONAI's rule.
 
