@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 import xpatch
@@ -287,3 +289,53 @@ def test_a_model_that_crops_its_own_halo_is_not_taken_for_half_resolution(lazy):
     assert out.sizes == {"y": 32, "x": 24}
     want = da.values.reshape(32, 2, 24, 2).mean(axis=(1, 3))
     np.testing.assert_allclose(out.values, want, atol=1e-12)
+
+
+# --- invariants --------------------------------------------------------------------
+
+
+def _cells(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each coordinate value's cell [lo, hi] (edges halfway to the neighbours)."""
+    v = np.sort(values.astype(float))
+    d = np.diff(v)
+    lo = np.r_[v[0] - d[0] / 2, v[1:] - d / 2]
+    hi = np.r_[v[:-1] + d / 2, v[-1] + d[-1] / 2]
+    order = np.argsort(np.argsort(values))
+    return lo[order], hi[order]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(4, 40).map(lambda n: 2 * n),  # mask spacing (even: integer edges)
+    st.integers(-60, 60),  # mask origin
+    st.integers(2, 7),  # mask length per dim
+    st.booleans(),  # mask descending along y
+    st.integers(0, 2**32 - 1),
+    st.sampled_from(["squeeze", "crop", "pad"]),
+)
+def test_kept_windows_are_those_whose_extent_meets_a_true_mask_cell(
+    spacing, origin, n, descending, seed, border
+):
+    rng = np.random.default_rng(seed)
+    da = raster(30, 26)  # 10 m cells: edges at multiples of 5
+    values = origin + spacing * np.arange(n)
+    mask = xr.DataArray(
+        rng.random((n, n)) > 0.6,
+        dims=("y", "x"),
+        coords={"y": values[::-1] if descending else values, "x": values},
+    )
+    grid = da.patch.grid(y=8, x=6, step=5, border=border, mask=mask)
+    mlo = {d: _cells(mask[d].values) for d in ("y", "x")}
+    alo = {d: _cells(da[d].values) for d in ("y", "x")}
+    want = []
+    for w in grid:
+        box = {}
+        for d in ("y", "x"):
+            sl = w[d]
+            a, b = max(sl.start, 0), min(sl.stop, da.sizes[d])
+            lo, hi = alo[d][0][a:b].min(), alo[d][1][a:b].max()
+            # points half a metre apart inside the window's extent (edges are whole)
+            points = np.arange(lo + 0.25, hi, 0.5)
+            box[d] = np.array([((points > c0) & (points < c1)).any() for c0, c1 in zip(*mlo[d])])
+        want.append(bool((mask.values & np.outer(box["y"], box["x"])).any()))
+    np.testing.assert_array_equal(grid.kept, np.array(want))
