@@ -339,3 +339,12 @@ def test_kept_windows_are_those_whose_extent_meets_a_true_mask_cell(
             box[d] = np.array([((points > c0) & (points < c1)).any() for c0, c1 in zip(*mlo[d])])
         want.append(bool((mask.values & np.outer(box["y"], box["x"])).any()))
     np.testing.assert_array_equal(grid.kept, np.array(want))
+
+
+@pytest.mark.parametrize("argument", ["halo", "scale"])
+def test_halo_or_scale_along_a_non_spatial_dim_says_it_is_not_spatial(argument):
+    da = xr.DataArray(np.zeros((3, 32, 32)), dims=("band", "y", "x"))
+    func = Counter()
+    with pytest.raises(xpatch.DimensionError, match=r"\['band'\] are not spatial dims"):
+        da.patch.apply(func, y=16, x=16, **{argument: {"band": 2}})
+    assert func.n == 0

@@ -23,17 +23,31 @@ slice of ``func``'s result that holds the patch proper.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from xpatch.errors import GridError, ResultError
+from xpatch.errors import DimensionError, GridError, ResultError
 from xpatch.grid import AxisPlan, PatchGrid, Window
 
-__all__ = ["PatchMap", "as_scale"]
+__all__ = ["PatchMap", "as_scale", "spatial_keys"]
+
+
+def spatial_keys(value: Mapping[Hashable, Any], dims: Sequence[Hashable], argument: str) -> None:
+    """Refuse keys of a per-dim ``argument`` (``halo``, ``scale``) that are no spatial dim.
+
+    Examples
+    --------
+    >>> spatial_keys({"y": 2}, ("y", "x"), "halo")
+    """
+    if other := [k for k in value if k not in dims]:
+        raise DimensionError(
+            f"{argument}: {other} are not spatial dims: {argument} applies along the dims the"
+            f" patch sizes name, {tuple(dims)}; drop the others from {argument}="
+        )
 
 
 def as_scale(value: Any, dim: Hashable) -> Fraction:

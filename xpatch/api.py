@@ -19,7 +19,7 @@ from xpatch._dtypes import DEFAULT
 from xpatch._mask import kept_by_mask
 from xpatch._options import ApplyOptions, BlendOptions
 from xpatch._outputs import prepare
-from xpatch._patchmap import PatchMap, as_scale
+from xpatch._patchmap import PatchMap, as_scale, spatial_keys
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
 from xpatch._structure import spatial_subset
@@ -309,7 +309,7 @@ def _halo(halo: Any, dims: Sequence[Hashable]) -> dict[Hashable, int]:
     if halo is None:
         return {d: 0 for d in dims}
     if isinstance(halo, Mapping):
-        check_dims(halo, dims, "halo")
+        spatial_keys(halo, dims, "halo")
     per = halo if isinstance(halo, Mapping) else {d: halo for d in dims}
     out = {}
     for d in dims:
@@ -327,7 +327,7 @@ def _scales(scale: Any, dims: Sequence[Hashable]) -> dict[Hashable, Any] | None:
     if scale is None:
         return None
     if isinstance(scale, Mapping):
-        check_dims(scale, dims, "scale")
+        spatial_keys(scale, dims, "scale")
         return {d: as_scale(scale.get(d, 1), d) for d in dims}
     return {d: as_scale(scale, d) for d in dims}
 
