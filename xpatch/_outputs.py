@@ -137,7 +137,17 @@ class Outputs:
                         " DataArray or an array-like"
                     ) from err
                 variables[name] = xr.Variable(self._dims(name, data, batched), data)
+        coords = _shared_coords(variables)
         try:
+            if coords is not None:  # (no alignment to do: much cheaper than merging)
+                ds = xr.Dataset(
+                    {
+                        k: v.variable if isinstance(v, xr.DataArray) else v
+                        for k, v in variables.items()
+                    },
+                    coords=coords,
+                )
+                return ds
             ds = xr.Dataset(variables)
         except ValueError as err:
             raise ResultError(
@@ -239,6 +249,32 @@ class Outputs:
             f"{extra}: its dims can be inferred only for {known}; name them with"
             f" output_dims={{{name!r}: (...)}} (e.g. ('class', 'y', 'x'))"
         )
+
+
+def _shared_coords(variables: Mapping[Hashable, Any]) -> Any:
+    """The coordinates of the DataArray outputs as one ``Coordinates`` object when one
+    output holds them all (the common case: outputs of one patch), else None (they
+    must be merged). Coordinates of the same name must be equal."""
+    arrays = [v for v in variables.values() if isinstance(v, xr.DataArray)]
+    if not arrays:
+        return {}
+    base = max(arrays, key=lambda a: len(a.coords)).coords
+    known = base.variables
+    whole = True
+    for name, item in variables.items():
+        if not isinstance(item, xr.DataArray):
+            continue
+        for key, var in item.coords.variables.items():
+            have = known.get(key)
+            if have is None:
+                whole = False
+            elif have is not var and not have.equals(var):
+                raise ResultError(
+                    f"output {name!r} of func has the coordinate {key!r} = {var.values!r}, but"
+                    f" another output has {have.values!r}: outputs sharing a dim must share"
+                    " its labels"
+                )
+    return base if whole else None
 
 
 def prepare(
