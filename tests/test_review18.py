@@ -348,3 +348,16 @@ def test_halo_or_scale_along_a_non_spatial_dim_says_it_is_not_spatial(argument):
     with pytest.raises(xpatch.DimensionError, match=r"\['band'\] are not spatial dims"):
         da.patch.apply(func, y=16, x=16, **{argument: {"band": 2}})
     assert func.n == 0
+
+
+def test_float32_coordinates_of_a_regular_grid_are_rescaled():
+    """0.1-degree longitudes stored as float32 (as netCDF files often hold them) are
+    regular to their precision: a x2 output is labeled, not refused as irregular."""
+    lon = np.float32(100) + np.arange(64, dtype=np.float32) * np.float32(0.1)
+    da = xr.DataArray(RNG.random((32, 64)), dims=("lat", "lon"), coords={"lon": lon})
+    out = da.patch.apply(up2, lat=16, lon=16)
+    np.testing.assert_allclose(np.diff(out.lon.values), 0.05, rtol=1e-4)
+    np.testing.assert_allclose(out.lon.values[[0, -1]], [99.975, 106.325], atol=1e-4)
+    irregular = da.assign_coords(lon=np.r_[lon[:-1], np.float32(120)])
+    with pytest.raises(xpatch.DimensionError, match="'lon' is not regularly spaced"):
+        irregular.patch.apply(up2, lat=16, lon=16, scale=2)

@@ -49,9 +49,12 @@ def rescaled_coordinate(values: np.ndarray, scale: Fraction, name: Hashable) -> 
             f"coordinate {name!r} has {len(values)} value: its spacing is unknown, so the"
             f" output at scale {scale} cannot be labeled; drop it first"
         )
-    steps = np.diff(values.astype(np.float64))
-    d = float(steps.mean())
-    if not np.allclose(steps, d, rtol=1e-6, atol=0):
+    v = values.astype(np.float64)
+    steps = np.diff(v)
+    d = float((v[-1] - v[0]) / (len(v) - 1))
+    # float32 coordinates (0.1 degrees, say) carry rounding of their own magnitude
+    eps = np.finfo(values.dtype).eps if values.dtype.kind == "f" else 0.0
+    if not np.allclose(steps, d, rtol=1e-6, atol=8 * eps * float(np.abs(v).max())):
         raise DimensionError(
             f"coordinate {name!r} is not regularly spaced (steps from {steps.min():g} to"
             f" {steps.max():g}): the output at scale {scale} cannot be labeled; drop it"
