@@ -251,6 +251,14 @@ def test_bad_outputs_are_refused_at_the_first_result(func, kwargs, match):
     assert counted.calls == 1
 
 
+@pytest.mark.parametrize("method", ["apply", "aggregator"])
+def test_output_names_with_instances_is_refused(method):
+    da = image().isel(band=0)
+    args = (lambda p: (p > 0.5).astype("int32"),) if method == "apply" else ()
+    with pytest.raises(ResultError, match="output_names is not used with merge='instances'"):
+        getattr(da.patch, method)(*args, merge="instances", output_names=("a",), **GRID)
+
+
 def test_outputs_with_different_labels_along_a_shared_dim_are_refused():
     def func(p):
         a = p.mean("band").expand_dims(k=[0, 1]).rename("a")

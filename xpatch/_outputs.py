@@ -28,7 +28,7 @@ import xarray as xr
 from xpatch._structure import source_dims, to_numpy
 from xpatch.errors import ResultError
 
-__all__ = ["Outputs", "for_aggregator", "is_several", "prepare"]
+__all__ = ["Outputs", "for_aggregator", "is_several", "prepare", "refuse_with_merge"]
 
 
 def is_several(result: Any) -> bool:
@@ -299,6 +299,16 @@ def prepare(
     if is_several(options.template):
         options = replace(options, template=wrapped.convert(options.template))
     return wrapped, options
+
+
+def refuse_with_merge(merge: Any, output_names: Any) -> None:
+    """``output_names`` names blended outputs: ``merge="instances"`` makes one label
+    image, so it is refused there (before ``func`` is called) rather than ignored."""
+    if merge is not None and output_names is not None:
+        raise ResultError(
+            "output_names is not used with merge='instances': the result is one integer"
+            " label image over the spatial dims; leave output_names out"
+        )
 
 
 def for_aggregator(result: Any, agg: Any) -> Any:

@@ -18,7 +18,7 @@ from xpatch import _apply, instances, parallel, store
 from xpatch._dtypes import DEFAULT
 from xpatch._mask import kept_by_mask
 from xpatch._options import ApplyOptions, BlendOptions
-from xpatch._outputs import prepare
+from xpatch._outputs import prepare, refuse_with_merge
 from xpatch._patchmap import PatchMap, as_scale, spatial_keys
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
@@ -216,6 +216,7 @@ def apply(
             )
     pm = PatchMap.make(g, _halo(halo, g.dims), _scales(scale, g.dims))
     obj = spatial_subset(obj, g.dims)
+    refuse_with_merge(merge, output_names)
     if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
         return instances.apply(
             obj, func, g, merge=merge, iou=iou, chunks=chunks, out=out, resume=resume,
@@ -290,6 +291,7 @@ def aggregator(
     _check_chunks(chunks, g, out)
     overwrite = flag(overwrite, "overwrite")
     obj = spatial_subset(obj, g.dims)
+    refuse_with_merge(merge, output_names)
     if merge is not None:  # instance labels are stitched, not blended (xpatch.instances)
         return instances.aggregator(
             obj, g, merge=merge, iou=iou, chunks=chunks, out=out, overwrite=overwrite,
