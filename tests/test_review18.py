@@ -361,3 +361,16 @@ def test_float32_coordinates_of_a_regular_grid_are_rescaled():
     irregular = da.assign_coords(lon=np.r_[lon[:-1], np.float32(120)])
     with pytest.raises(xpatch.DimensionError, match="'lon' is not regularly spaced"):
         irregular.patch.apply(up2, lat=16, lon=16, scale=2)
+
+
+def test_a_batched_template_is_refused_while_building():
+    func = Counter(lambda b: b * 2)
+    da = raster()
+    lazy = da.chunk(32)
+    template = xr.DataArray(np.zeros((4, 16, 16)), dims=("patch", "y", "x"))
+    with pytest.raises(ResultError, match=r"template\.isel\(patch=0\)"):
+        lazy.patch.apply(func, y=16, x=16, batch_size=4, template=template)
+    one = template.isel(patch=0)
+    out = lazy.patch.apply(func, y=16, x=16, step=8, batch_size=4, template=one)
+    assert func.n == 0
+    np.testing.assert_allclose(out.values, 2 * da.values)

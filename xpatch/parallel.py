@@ -168,7 +168,13 @@ class _GraphBuilder:
             output_dims=None,
             what="template",
         )
+        batch_dim = self.options.batch_dim if self.options.batch_size is not None else None
         for dims, _ in variables.values():
+            if batch_dim in dims:
+                raise ResultError(
+                    f"template has the batch dim {batch_dim!r}: give func's result for one"
+                    f" patch, as if unbatched (e.g. template.isel({batch_dim}=0))"
+                )
             if missing := [d for d in self.grid.dims if d not in dims]:
                 raise ResultError(
                     f"template lacks the spatial dims {missing}: it has dims {dims}; give an"
