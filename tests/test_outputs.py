@@ -365,6 +365,29 @@ def test_dask_input_is_lazy_and_equals_eager():
     assert_matches(batched.compute(), reference(da))
 
 
+def test_dask_input_into_a_store_on_disk(tmp_path):
+    """Dask input with out= a path: the workers write both variables' blocks."""
+    da = image((3, 48, 40))
+    kw = {"output_names": ("prob", "unc"), "output_dims": PROB, **GRID}
+    lazy = da.chunk({"y": 16, "x": 20}).patch.apply(bare, out=tmp_path / "p.zarr", **kw)
+    assert_matches(lazy.compute(), reference(da))
+    again = da.chunk({"y": 16, "x": 20}).patch.apply(
+        bare, out=tmp_path / "p.zarr", resume=True, **kw
+    )
+    assert_matches(again.compute(), reference(da))
+
+
+def test_outputs_at_another_resolution():
+    def up(p):  # both outputs at twice the resolution
+        prob, unc = bare(p)
+        return prob.repeat(2, -2).repeat(2, -1), unc.repeat(2, -2).repeat(2, -1)
+
+    da = image()
+    out = da.patch.apply(up, output_names=("prob", "unc"), output_dims=PROB, **GRID)
+    assert dict(out.sizes) == {"class": 4, "y": 80, "x": 72}
+    assert_matches(out.coarsen(y=2, x=2).mean().assign_coords(y=da.y, x=da.x), reference(da))
+
+
 def test_dask_input_with_a_template_of_several_outputs():
     da = image((3, 48, 40))
     func = Calls(bare)
