@@ -374,3 +374,17 @@ def test_a_batched_template_is_refused_while_building():
     out = lazy.patch.apply(func, y=16, x=16, step=8, batch_size=4, template=one)
     assert func.n == 0
     np.testing.assert_allclose(out.values, 2 * da.values)
+
+
+def test_a_mask_cannot_be_aligned_to_unsorted_array_coordinates():
+    x = np.arange(64.0)
+    np.random.default_rng(1).shuffle(x)
+    da = xr.DataArray(np.zeros((8, 64)), dims=("y", "x"), coords={"x": x})
+    mask = xr.DataArray([True] + [False] * 7, dims="x", coords={"x": 8.0 * np.arange(8) + 3.5})
+    with pytest.raises(xpatch.DimensionError, match=r"sortby\('x'\)"):
+        da.patch.grid(y=8, x=16, mask=mask)
+    # by position, a mask of the array's length needs no coordinates
+    flags = np.zeros(64, dtype=bool)
+    flags[20] = True
+    kept = da.patch.grid(y=8, x=16, mask=xr.DataArray(flags, dims="x")).kept
+    assert kept.tolist() == [False, True, False, False]

@@ -63,6 +63,13 @@ def _axis_ranges(
                 f" it and drop repeated values first (mask.sortby({d!r}))"
             )
         order = src if len(src) < 2 or src[0] < src[-1] else src[::-1]
+        if np.any(np.diff(order) <= 0):
+            raise DimensionError(
+                f"the array's coordinate {d!r} is not strictly monotonic: a mask cannot be"
+                f" aligned to it by coordinates; sort the array first (obj.sortby({d!r})),"
+                " or give a mask without coordinates and of the array's length (aligned by"
+                " position)"
+            )
         lo_s, hi_s = _edges(order)
         if order is not src:  # back to the source's index order
             lo_s, hi_s = lo_s[::-1], hi_s[::-1]
