@@ -26,13 +26,17 @@ RSS just before the run (``working``). ``--budget`` sets ``XPATCH_MEMORY_BUDGET`
 many bytes of open chunks stay in memory; the rest wait on disk). Stores and the
 spill scratch go under ``--workdir`` (``TMPDIR`` of the child); the output store is
 removed after each size. Also reported: chunks written to the scratch (``spills``,
-``spill GiB``) and the output store's size. The fitted slope (MiB per million
-voxels) says whether memory grows with the volume. Nothing is asserted.
+``spill GiB``: the bytes that went to disk), the output store's size and, for the
+zarr source, the most that apply's reader of stored chunk rows held at once
+(``reader MiB``, rows and joined slabs) and the bytes it copied joining rows
+(``joined GiB``). The fitted slope (MiB per million voxels) says whether memory
+grows with the volume. Nothing is asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -65,7 +69,7 @@ class Generated(BackendArray):
 
 def write_zarr(path):
     import zarr
-    if os.path.exists(path + "/.complete"):
+    if os.path.exists(path + ".complete"):
         return
     shutil_rm(path)
     arr = zarr.open_group(path, mode="w").create_array(
@@ -76,7 +80,7 @@ def write_zarr(path):
             for k in range(0, n, CHUNK):
                 arr[i:i + CHUNK, j:j + CHUNK, k:k + CHUNK] = values(
                     *np.ogrid[i:min(i + CHUNK, n), j:min(j + CHUNK, n), k:min(k + CHUNK, n)])
-    open(path + "/.complete", "w").close()
+    open(path + ".complete", "w").close()
 
 def shutil_rm(path):
     import shutil
@@ -87,11 +91,31 @@ if source == "zarr":
     t = time.perf_counter()
     write_zarr(path)
     written = time.perf_counter() - t
-    da = xr.open_zarr(path, chunks=None)["v"]
+    da = xr.open_zarr(path, chunks=None, consolidated=False)["v"]
 else:
     written = 0.0
     da = xr.DataArray(
         xr.Variable(("z", "y", "x"), indexing.LazilyIndexedArray(Generated((n, n, n)))), name="v")
+
+# what apply's reader of stored chunk rows holds (zarr source): rows and 2-row slabs
+from xpatch import _reader
+import weakref
+held = {"now": 0, "max": 0, "copied": 0}
+def track(arr):
+    held["now"] += arr.nbytes
+    held["max"] = max(held["max"], held["now"])
+    weakref.finalize(arr, lambda b=arr.nbytes: held.__setitem__("now", held["now"] - b))
+    return arr
+read, slab = _reader.ChunkReader._read, _reader.ChunkReader._slab
+def reading(self, k, row):
+    return track(read(self, k, row))
+def joining(self, k, rows, parts):
+    out = slab(self, k, rows, parts)
+    if len(rows) > 1:
+        held["copied"] += out.nbytes
+        track(out)
+    return out
+_reader.ChunkReader._read, _reader.ChunkReader._slab = reading, joining
 
 spills = {"count": 0, "bytes": 0}
 write = _accumulate.Spill._write
@@ -123,7 +147,8 @@ size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for 
 shutil_rm(out)
 print(json.dumps({"n": n, "source": source, "s": elapsed, "write_s": written, "before": before,
                   "peak": peak, "working": peak - before, "spills": spills["count"],
-                  "spill_gib": spills["bytes"] / 2**30, "out_mib": size / 2**20}))
+                  "spill_gib": spills["bytes"] / 2**30, "out_mib": size / 2**20,
+                  "reader_mib": held["max"] / 2**20, "joined_gib": held["copied"] / 2**30}))
 """
 
 
@@ -146,6 +171,8 @@ def main() -> None:
         )  # fmt: skip
         if args.clean:
             shutil.rmtree(f"{args.workdir}/in-{n}.zarr", ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{args.workdir}/in-{n}.zarr.complete")
         if done.returncode:
             print(f"{n}^3 failed:\n{done.stderr[-2000:]}", file=sys.stderr)
             continue
@@ -154,14 +181,14 @@ def main() -> None:
     print(f"source {args.source}, budget {args.budget}\n")
     print(
         "| size | voxels (M) | s | RSS before MiB | peak MiB | working MiB"
-        " | spills | spill GiB | out MiB |"
+        " | spills | spill GiB | out MiB | reader MiB | joined GiB |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['n']}^3 | {r['n'] ** 3 / 1e6:.0f} | {r['s']:.1f} | {r['before']:.0f} |"
             f" {r['peak']:.0f} | {r['working']:.0f} | {r['spills']} | {r['spill_gib']:.1f} |"
-            f" {r['out_mib']:.0f} |"
+            f" {r['out_mib']:.0f} | {r['reader_mib']:.0f} | {r['joined_gib']:.1f} |"
         )
     if len(rows) >= 2:
         import numpy as np
