@@ -388,3 +388,9 @@ def test_a_mask_cannot_be_aligned_to_unsorted_array_coordinates():
     flags[20] = True
     kept = da.patch.grid(y=8, x=16, mask=xr.DataArray(flags, dims="x")).kept
     assert kept.tolist() == [False, True, False, False]
+
+
+def test_a_mask_with_a_nan_coordinate_is_refused():
+    mask = xr.DataArray(np.ones(4, bool), dims="y", coords={"y": [0.0, np.nan, 200.0, 300.0]})
+    with pytest.raises(xpatch.DimensionError, match="not strictly monotonic"):
+        raster().patch.grid(y=16, x=16, mask=mask)

@@ -57,13 +57,13 @@ def _axis_ranges(
     if src is not None and msk is not None:
         flip = len(msk) > 1 and msk[0] > msk[-1]
         msk = msk[::-1] if flip else msk
-        if np.any(np.diff(msk) <= 0):
+        if not np.all(np.diff(msk) > 0):  # (NaN too)
             raise DimensionError(
                 f"mask coordinate {d!r} is not strictly monotonic: it cannot be aligned; sort"
                 f" it and drop repeated values first (mask.sortby({d!r}))"
             )
         order = src if len(src) < 2 or src[0] < src[-1] else src[::-1]
-        if np.any(np.diff(order) <= 0):
+        if not np.all(np.diff(order) > 0):
             raise DimensionError(
                 f"the array's coordinate {d!r} is not strictly monotonic: a mask cannot be"
                 f" aligned to it by coordinates; sort the array first (obj.sortby({d!r})),"
