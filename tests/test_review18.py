@@ -394,3 +394,11 @@ def test_a_mask_with_a_nan_coordinate_is_refused():
     mask = xr.DataArray(np.ones(4, bool), dims="y", coords={"y": [0.0, np.nan, 200.0, 300.0]})
     with pytest.raises(xpatch.DimensionError, match="not strictly monotonic"):
         raster().patch.grid(y=16, x=16, mask=mask)
+
+
+def test_coordinates_that_cannot_be_rescaled_are_named_in_the_fix():
+    da = raster().assign_coords(lat=(("y", "x"), np.zeros((64, 48))))
+    func = Counter(up2)
+    with pytest.raises(xpatch.DimensionError, match=r"obj\.drop_vars\('lat'\)"):
+        da.patch.apply(func, y=16, x=16, scale=2)
+    assert func.n == 0

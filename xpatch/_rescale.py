@@ -41,7 +41,7 @@ def rescaled_coordinate(values: np.ndarray, scale: Fraction, name: Hashable) -> 
     if values.dtype.kind not in "iuf":
         raise DimensionError(
             f"coordinate {name!r} has dtype {values.dtype}: the output at scale {scale} along"
-            " it needs numeric coordinates to derive; drop it (obj.drop_vars(...)) or give"
+            f" it needs numeric coordinates to derive; drop it (obj.drop_vars({name!r})) or give"
             " numeric ones"
         )
     if len(values) < 2:
@@ -58,7 +58,7 @@ def rescaled_coordinate(values: np.ndarray, scale: Fraction, name: Hashable) -> 
         raise DimensionError(
             f"coordinate {name!r} is not regularly spaced (steps from {steps.min():g} to"
             f" {steps.max():g}): the output at scale {scale} cannot be labeled; drop it"
-            " (obj.drop_vars(...)) or give a regular one"
+            f" (obj.drop_vars({name!r})) or give a regular one"
         )
     n = int(len(values) * scale)
     fine = d / float(scale)
@@ -85,7 +85,7 @@ def scaled_template(obj: xr.DataArray | xr.Dataset, pm: PatchMap) -> xr.DataArra
             raise DimensionError(
                 f"coordinate {name!r} spans several spatial dims {coord.dims}: it cannot be"
                 " derived for an output at another resolution; drop it first"
-                " (obj.drop_vars(...))"
+                f" (obj.drop_vars({name!r}))"
             )
         (d,) = coord.dims
         values = rescaled_coordinate(coord.values, pm.scale[d], name)
