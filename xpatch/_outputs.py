@@ -140,14 +140,11 @@ class Outputs:
         coords = _shared_coords(variables)
         try:
             if coords is not None:  # (no alignment to do: much cheaper than merging)
-                ds = xr.Dataset(
-                    {
-                        k: v.variable if isinstance(v, xr.DataArray) else v
-                        for k, v in variables.items()
-                    },
-                    coords=coords,
-                )
-                return ds
+                plain = {
+                    k: v.variable if isinstance(v, xr.DataArray) else v
+                    for k, v in variables.items()
+                }
+                return xr.Dataset(plain, coords=coords)
             ds = xr.Dataset(variables)
         except ValueError as err:
             raise ResultError(
