@@ -10,6 +10,7 @@ to ``on_chunk`` (never a silent 0) and get ``fill_value`` after it.
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import replace
 
 import numpy as np
 import xarray as xr
@@ -32,7 +33,8 @@ class ChunkFinisher:
     template : Dataset
         The source's coordinates and attributes (cut to each chunk for ``on_chunk``).
     name : hashable, optional
-        The default name of a DataArray result.
+        The input's name, which an unnamed DataArray result takes (not given to the
+        chunk ``on_chunk`` sees, whose labels are ``func``'s own).
 
     Attributes
     ----------
@@ -95,7 +97,9 @@ class ChunkFinisher:
         template = self.chunk_template
         if template is None:
             template = self.template.isel(region, missing_dims="ignore")
-        chunk = assemble(variables, meta, template, default_name=self.name)
+        # on_chunk sees func's own labels: not the input's name, which would stick to
+        # what it makes (an argmax is not the input's quantity)
+        chunk = assemble(variables, meta, template, default_name=None)
         try:
             processed = self.plan.options.on_chunk(chunk)
         except Exception as err:
@@ -103,11 +107,13 @@ class ChunkFinisher:
             raise
         dims = next(iter(variables.values()))[0]
         what = f"on_chunk for the chunk {where}"
-        variables, meta = split(
+        variables, labels = split(
             processed, spatial=self.dims, default_dims=dims, output_dims=None, what=what
         )
         spatial_check(variables, {d: s.stop - s.start for d, s in region.items()}, what)
-        return variables, meta
+        if labels.from_labeled:  # its name and attrs are final, an unnamed one too
+            return variables, replace(labels, final=True)
+        return variables, meta if meta.kind == "dataarray" else labels  # bare: func's labels
 
     def _normalise(
         self,

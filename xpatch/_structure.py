@@ -100,6 +100,15 @@ class Meta:
     var_attrs: dict[Hashable, dict[Hashable, Any]] = field(default_factory=dict)
     coords: dict[Hashable, xr.Variable] = field(default_factory=dict)
     from_labeled: bool = True
+    final: bool = False  # on_chunk's labeled result: its name is kept even when None
+
+
+def result_name(meta: Meta, default: Hashable | None) -> Hashable | None:
+    """The name of a DataArray result: its own, else ``default`` (the input's name);
+    a final one (``on_chunk``'s) as it is. A bare array takes ``default``."""
+    if meta.from_labeled and (meta.name is not None or meta.final):
+        return meta.name
+    return default
 
 
 def split(
@@ -200,8 +209,8 @@ def assemble(
     if meta.kind == "dataarray":
         dims, _ = variables[THIS]
         da_coords = {k: v for k, v in coords.items() if set(v.dims) <= set(dims)}
-        name = meta.name if meta.from_labeled and meta.name is not None else default_name
-        attrs = meta.attrs if meta.from_labeled else dict(template.attrs)
+        name = result_name(meta, default_name)
+        attrs = meta.attrs  # a bare array has none: the input's describe the input
         return xr.DataArray(data_vars[THIS], coords=da_coords, name=name, attrs=attrs)
     return xr.Dataset(data_vars, coords=coords, attrs=meta.attrs)
 

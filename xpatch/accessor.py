@@ -44,6 +44,9 @@ class PatchAccessor:
     def __init__(self, obj: Obj) -> None:
         self._obj = obj
 
+    def __repr__(self) -> str:
+        return api.describe(self._obj)
+
     def grid(
         self,
         size: Mapping[Hashable, int] | None = None,
@@ -168,6 +171,7 @@ class PatchAccessor:
         step: int | Mapping[Hashable, int] | None = None,
         border: Border = "squeeze",
         pad_mode: PadMode | None = None,
+        transform: Callable[[Any], Any] | None = None,
         units: Units = "index",
         overlap: float | Mapping[Hashable, float] | None = None,
         **size_kwargs: int,
@@ -178,11 +182,17 @@ class PatchAccessor:
         ----------
         size, step, border, pad_mode, units, overlap, **size_kwargs
             As for :meth:`grid`.
+        transform : callable, optional
+            Called on each sample (the array, or for a Dataset the dict of arrays)
+            where it is loaded, in the ``DataLoader``'s worker; it returns the sample.
+            It sees a patch's variables together: a random flip of an ``image`` and
+            its ``mask`` flips both alike.
 
         Returns
         -------
         PatchDataset
-            ``ds[i]`` is ``(patch as a numpy array in the array's dim order, i)``.
+            ``ds[i]`` is ``(patch as a numpy array in the array's dim order, i)``;
+            for a Dataset a dict of arrays, one per variable.
 
         Examples
         --------
@@ -191,10 +201,19 @@ class PatchAccessor:
         >>> ds = da.patch.dataset(y=32, x=32)
         >>> len(ds), ds[3][0].shape, ds[3][1]
         (4, (2, 32, 32), 3)
+
+        Image/label pairs for training, from a Dataset with ``image`` and ``mask``:
+
+        >>> scene = xr.Dataset({"image": (("band", "y", "x"), np.zeros((2, 64, 64))),
+        ...                     "mask": (("y", "x"), np.zeros((64, 64), "uint8"))})
+        >>> pairs = scene.patch.dataset(y=32, x=32, transform=lambda s: (s["image"], s["mask"]))
+        >>> (image, mask), index = pairs[3]
+        >>> image.shape, mask.shape, index
+        ((2, 32, 32), (32, 32), 3)
         """
         return api.dataset(
-            self._obj, size, step=step, border=border, pad_mode=pad_mode, units=units,
-            overlap=overlap, **size_kwargs,
+            self._obj, size, step=step, border=border, pad_mode=pad_mode, transform=transform,
+            units=units, overlap=overlap, **size_kwargs,
         )  # fmt: skip
 
     def apply(

@@ -22,7 +22,7 @@ from xpatch._outputs import prepare, refuse_with_merge
 from xpatch._patchmap import PatchMap, as_scale, spatial_keys
 from xpatch._plan import BlendPlan
 from xpatch._sampling import Sampler
-from xpatch._structure import spatial_subset
+from xpatch._structure import data_variables, spatial_subset
 from xpatch._types import Border, PadMode
 from xpatch._units import Units, grid_elements, to_elements
 from xpatch._validate import check_dims, flag, foreign_keywords, is_int, size_without_dims
@@ -128,11 +128,15 @@ def dataset(
     step: int | Mapping[Hashable, int] | None = None,
     border: Border = "squeeze",
     pad_mode: PadMode | None = None,
+    transform: Callable[[Any], Any] | None = None,
     units: Units = "index",
     overlap: float | Mapping[Hashable, float] | None = None,
     **size_kwargs: int,
 ) -> PatchDataset:
     """A map-style dataset of the patches of ``obj`` (``obj.patch.dataset``).
+
+    ``transform`` is called on each sample where it is loaded (see
+    :class:`~xpatch.PatchDataset`).
 
     Examples
     --------
@@ -150,7 +154,7 @@ def dataset(
             "dataset does not take mask=: take the kept windows of the full dataset instead,"
             " e.g. torch.utils.data.Subset(ds, np.flatnonzero(obj.patch.grid(..., mask=m).kept))"
         )
-    return PatchDataset(spatial_subset(obj, g.dims), g)
+    return PatchDataset(spatial_subset(obj, g.dims), g, transform)
 
 
 def apply(
@@ -339,3 +343,58 @@ def _check_chunks(chunks: Any, g: PatchGrid, out: Any) -> None:
     chunk_edges(chunks, g)
     if out is not None and chunks is not None:
         chunk_sizes(chunks, g)
+
+
+_METHODS = (
+    ("grid", "", "the windows (a PatchGrid): count, starts, coverage, plot"),
+    ("sample", "", "each patch as a labeled object, in grid order"),
+    ("dataset", "", "a map-style dataset of patches for a PyTorch DataLoader"),
+    ("apply", "func, ", "run func on every patch and blend the results"),
+    ("aggregator", "", "blend the results of a hand-written loop"),
+)
+
+
+def describe(obj: Obj) -> str:
+    """What ``obj.patch`` shows: the object, its sizes and what the accessor offers.
+
+    Examples
+    --------
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.zeros((3, 64, 64), "float32"), dims=("band", "y", "x"), name="b")
+    >>> print(describe(da))  # doctest: +NORMALIZE_WHITESPACE
+    <xpatch.PatchAccessor>
+    DataArray 'b' (band: 3, y: 64, x: 64) float32, in memory
+      .grid(y=..., x=...)            the windows (a PatchGrid): count, starts, coverage, plot
+      .sample(y=..., x=...)          each patch as a labeled object, in grid order
+      .dataset(y=..., x=...)         a map-style dataset of patches for a PyTorch DataLoader
+      .apply(func, y=..., x=...)     run func on every patch and blend the results
+      .aggregator(y=..., x=...)      blend the results of a hand-written loop
+    Patch sizes name the spatial dims, e.g. .apply(func, y=256, x=256); see help(da.patch.apply)
+    """
+    sizes = ", ".join(f"{d}: {n}" for d, n in obj.sizes.items())
+    if parallel.is_dask_backed(obj):
+        where = "dask-backed (lazy)"
+    elif any(not getattr(v, "_in_memory", True) for v in data_variables(obj)):
+        where = "lazy (read from its file)"
+    else:
+        where = "in memory"
+    if isinstance(obj, xr.DataArray):
+        name = "" if obj.name is None else f" {obj.name!r}"
+        head = f"DataArray{name} ({sizes}) {obj.dtype}, {where}"
+        short = "da"
+    else:
+        names = [str(k) for k in obj.data_vars]
+        listed = ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+        head = f"Dataset ({sizes}), {where}, data variables: {listed}"
+        short = "ds"
+    example = [str(d) for d in obj.dims][-2:]
+    dots = ", ".join(f"{d}=..." for d in example)
+    lines = ["<xpatch.PatchAccessor>", head]
+    for method, first, what in _METHODS:
+        lines.append(f"  {f'.{method}({first}{dots})':<30} {what}")
+    sized = ", ".join(f"{d}=256" for d in example)
+    lines.append(
+        f"Patch sizes name the spatial dims, e.g. .apply(func, {sized}); see"
+        f" help({short}.patch.apply)"
+    )
+    return "\n".join(lines)

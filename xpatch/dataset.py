@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,10 +18,11 @@ class PatchDataset:
     """Patches of a DataArray (or Dataset) by index, as numpy arrays.
 
     ``len(ds)`` is the number of windows; ``ds[i]`` returns ``(patch, i)`` where
-    ``patch`` is a numpy array in the source's dim order (a dict of arrays for a
-    Dataset). Only the patch is read from a lazy source. The dataset pickles
-    with its (lazy) source, so a ``DataLoader`` with ``num_workers > 0`` re-opens
-    files in its worker processes rather than copying data.
+    ``patch`` is a numpy array in the source's dim order (a dict of arrays, one per
+    variable, for a Dataset: image/label pairs from a Dataset with ``image`` and
+    ``mask`` variables). Only the patch is read from a lazy source. The dataset
+    pickles with its (lazy) source, so a ``DataLoader`` with ``num_workers > 0``
+    re-opens files in its worker processes rather than copying data.
 
     Parameters
     ----------
@@ -28,6 +30,12 @@ class PatchDataset:
         The source.
     grid : PatchGrid
         The windows.
+    transform : callable, optional
+        Called on each sample (the array, or the dict of arrays) where it is loaded,
+        in the ``DataLoader``'s worker; what it returns is the sample. One call sees
+        every variable of the patch, so a random flip or crop can treat an image and
+        its mask alike. It must pickle (a module-level function or class) for
+        ``num_workers > 0`` under the spawn start method.
 
     Examples
     --------
@@ -38,11 +46,33 @@ class PatchDataset:
     >>> patch
     array([[2., 3.],
            [6., 7.]])
+
+    Image/label pairs, flipped together:
+
+    >>> scene = xr.Dataset({"image": (("band", "y", "x"), np.ones((3, 8, 8))),
+    ...                     "mask": (("y", "x"), np.eye(8, dtype="uint8"))})
+    >>> def flip(sample):
+    ...     return {k: v[..., ::-1] for k, v in sample.items()}
+    >>> pairs = scene.patch.dataset(y=4, x=4, transform=flip)
+    >>> sample, index = pairs[0]
+    >>> sample["image"].shape, sample["mask"][0]
+    ((3, 4, 4), array([0, 0, 0, 1], dtype=uint8))
     """
 
-    def __init__(self, obj: xr.DataArray | xr.Dataset, grid: PatchGrid) -> None:
+    def __init__(
+        self,
+        obj: xr.DataArray | xr.Dataset,
+        grid: PatchGrid,
+        transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if transform is not None and not callable(transform):
+            raise TypeError(
+                f"transform must be a callable (sample -> sample) or None, got {transform!r}"
+                f" ({type(transform).__name__}); e.g. transform=lambda s: s[..., ::-1]"
+            )
         self.obj = obj
         self.grid = grid
+        self.transform = transform
         self._sampler: Sampler | None = None
 
     def __len__(self) -> int:
@@ -54,8 +84,12 @@ class PatchDataset:
         window = self.grid[index(i)]  # an int as sequences take it (-1 is the last)
         patch = self._sampler(window)
         if isinstance(patch, xr.Dataset):
-            return {k: _writable(v.values) for k, v in patch.data_vars.items()}, window.index
-        return _writable(patch.values), window.index
+            sample: Any = {k: _writable(v.values) for k, v in patch.data_vars.items()}
+        else:
+            sample = _writable(patch.values)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample, window.index
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -68,7 +102,8 @@ class PatchDataset:
         self.__dict__.update(state)
 
     def __repr__(self) -> str:
-        return f"<PatchDataset {len(self)} patches of {dict(self.obj.sizes)}>"
+        extra = "" if self.transform is None else f", transform={self.transform!r}"
+        return f"<PatchDataset {len(self)} patches of {dict(self.obj.sizes)}{extra}>"
 
 
 class _MemmapRecipe:

@@ -50,7 +50,7 @@ from xpatch._store_safety import (
     overlaps,
     read_record,
 )
-from xpatch._structure import THIS, Meta, as_dataset, assemble, source_name
+from xpatch._structure import THIS, Meta, as_dataset, assemble, result_name, source_name
 from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
 from xpatch.layout import ChunkLayout, chunk_sizes
@@ -132,7 +132,7 @@ class ZarrSink:
         self.meta: Meta | None = None
         self.created = False
         self.fingerprint: dict[str, Any] | None = None
-        self.kind = "dataarray"
+        self.kind, self.unnamed = "dataarray", False  # unnamed: on_chunk's result had no name
         self.var_names: dict[Hashable, str] = {}
         self.lock: StoreLock | None = None
         self._made: list[Path] = []
@@ -335,7 +335,7 @@ class ZarrSink:
                 if len(arr.shape) < len(self.grid.dims):
                     return None
         self.created = True
-        self.kind = record.get("kind", "dataarray")
+        self.kind, self.unnamed = record.get("kind", "dataarray"), bool(record.get("unnamed"))
         self.var_names = var_names
         self.fingerprint = record.get("fingerprint")
         return done_bits(record)
@@ -390,6 +390,7 @@ class ZarrSink:
         import dask.array as dsa
 
         self.meta = meta
+        self.unnamed = meta.kind == "dataarray" and result_name(meta, self.name) is None
         if self.array is not None:
             ((name, (dims, data)),) = variables.items()
             adims = _array_dims(self.array)
@@ -491,6 +492,7 @@ class ZarrSink:
         value = dict(self.record_value)
         value.update(
             kind=self.kind,
+            unnamed=self.unnamed,
             variables={
                 ("<this-array>" if k == THIS else str(k)): v for k, v in self.var_names.items()
             },
@@ -509,14 +511,14 @@ class ZarrSink:
 
             dims = _array_dims(self.array)
             assert dims is not None
-            meta = self.meta or Meta("dataarray", from_labeled=False)
+            meta = self.meta or Meta("dataarray", final=self.unnamed)
             data = {THIS: (dims, dsa.from_zarr(self.array))}
             return assemble(data, meta, self.template, default_name=self.name)
         ds = xr.open_zarr(self.store, consolidated=False)
         ds.attrs.pop(RECORD, None)
         if self.kind == "dataarray":
             da = ds[self.var_names[THIS]]
-            if self.var_names[THIS] == "result" and self.name is None:
+            if self.unnamed or (self.var_names[THIS] == "result" and self.name is None):
                 da.name = None
             return da
         return ds
@@ -525,7 +527,7 @@ class ZarrSink:
 def _var_name(name: Hashable, meta: Meta, default: Hashable | None) -> str:
     if name != THIS:
         return str(name)
-    chosen = meta.name if meta.from_labeled and meta.name is not None else default
+    chosen = result_name(meta, default)
     return "result" if chosen is None else str(chosen)
 
 
