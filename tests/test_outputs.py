@@ -365,6 +365,18 @@ def test_dask_input_is_lazy_and_equals_eager():
     assert_matches(batched.compute(), reference(da))
 
 
+def test_a_zarr_array_as_out_takes_one_output_only():
+    zarr = pytest.importorskip("zarr")
+    from xpatch.store import StoreError
+
+    da = image().isel(band=0)
+    arr = zarr.create_array(
+        store={}, shape=da.shape, chunks=(20, 18), dtype="f4", dimension_names=("y", "x")
+    )
+    with pytest.raises(StoreError, match="a zarr array holds one output, the result has 2"):
+        da.patch.apply(lambda p: (p * 2, (p + 1).rename("b")), out=arr, **GRID)
+
+
 def test_dask_input_into_a_store_on_disk(tmp_path):
     """Dask input with out= a path: the workers write both variables' blocks."""
     da = image((3, 48, 40))
