@@ -373,7 +373,7 @@ def test_a_zarr_array_as_out_takes_one_output_only():
     arr = zarr.create_array(
         store={}, shape=da.shape, chunks=(20, 18), dtype="f4", dimension_names=("y", "x")
     )
-    with pytest.raises(StoreError, match="a zarr array holds one output, the result has 2"):
+    with pytest.raises(StoreError, match="a zarr array holds one output, not 2"):
         da.patch.apply(lambda p: (p * 2, (p + 1).rename("b")), out=arr, **GRID)
 
 

@@ -392,11 +392,8 @@ class ZarrSink:
         self.meta = meta
         self.unnamed = meta.kind == "dataarray" and result_name(meta, self.name) is None
         if self.array is not None:
-            if len(variables) != 1:
-                raise StoreError(
-                    f"out: a zarr array holds one output, the result has {len(variables)}"
-                    f" ({', '.join(map(str, variables))}): pass a path or a zarr store instead"
-                )
+            if len(variables) != 1:  # several outputs need a store (a path or a group)
+                raise StoreError(f"out: a zarr array holds one output, not {len(variables)}")
             ((name, (dims, data)),) = variables.items()
             adims = _array_dims(self.array)
             if set(adims or ()) != set(dims):
