@@ -223,3 +223,24 @@ def test_stale_georeference_is_dropped_and_rioxarray_recomputes_it():
     da = raster().assign_coords(spatial_ref=xr.Variable((), 0, {"GeoTransform": "1 2 3 4 5 6"}))
     out = da.patch.apply(upsample, y=32, x=32)
     assert "GeoTransform" not in out.spatial_ref.attrs
+
+
+def test_resuming_with_another_halo_is_refused(tmp_path):
+    da = raster()
+    store = tmp_path / "blur.zarr"
+    calls = {"n": 0}
+
+    def flaky(p):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("killed")
+        return blur(p)
+
+    keep = lambda p: True  # noqa: E731  (a predicate: no fingerprint check on resume)
+    kw = dict(y=32, x=32, step=24, chunks=30, out=store, mask=keep)
+    with pytest.raises(RuntimeError, match="killed"):
+        da.patch.apply(flaky, halo=8, **kw)
+    with pytest.raises(StoreError, match="halo"):
+        da.patch.apply(blur, halo=4, resume=True, **kw)
+    out = da.patch.apply(blur, halo=8, resume=True, **kw)
+    np.testing.assert_allclose(out.values, REFERENCE, atol=2e-7)

@@ -56,7 +56,7 @@ from xpatch.grid import PatchGrid
 from xpatch.layout import ChunkLayout, chunk_sizes
 
 RECORD = "xpatch"
-COMPARED = ("grid", "chunks", "weights")  # func and on_chunk: checked by the fingerprint
+COMPARED = ("grid", "chunks", "weights", "halo")  # func, on_chunk: by the fingerprint
 PASS = (
     "pass overwrite=True to replace it (deleting what is there), or choose another path"
     " (resume=True continues only an interrupted xpatch run)"
@@ -576,12 +576,13 @@ def apply_to_store(
         options = replace(options, blend=replace(blend, chunks=first))
         blend = options.blend
     weights = blend.weights
+    pm = pm if pm is not None else PatchMap.make(grid)
     config = {
         "func": _describe(func),  # for information only: func is known by its results
         "on_chunk": _describe(blend.on_chunk),
         "weights": weights if isinstance(weights, str) else repr(weights),
+        "halo": {str(d): h for d, h in pm.halo.items() if h} or None,  # (None: older runs)
     }
-    pm = pm if pm is not None else PatchMap.make(grid)
     if pm.scaled and options.scale is None:
         raise StoreError(
             "an output at another resolution (scale) with out= must be declared up front:"
