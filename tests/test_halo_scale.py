@@ -244,3 +244,12 @@ def test_resuming_with_another_halo_is_refused(tmp_path):
         da.patch.apply(blur, halo=4, resume=True, **kw)
     out = da.patch.apply(blur, halo=8, resume=True, **kw)
     np.testing.assert_allclose(out.values, REFERENCE, atol=2e-7)
+
+
+@pytest.mark.parametrize("method", ["grid", "sample", "aggregator", "dataset"])
+def test_halo_and_scale_given_to_another_method_say_where_they_belong(method):
+    da = raster()
+    for key in ("halo", "scale"):
+        with pytest.raises(GridError, match=f"{key}= is an argument of apply"):
+            result = getattr(da.patch, method)(y=32, x=32, **{key: 2})
+            list(result) if method == "sample" else None

@@ -238,6 +238,15 @@ def foreign_keywords(kwargs: Mapping[Hashable, Any], dims: Sequence[Hashable]) -
             mode = _PAD_WORDS.get(value) if isinstance(value, str) else None
             choice = repr(mode) if mode else f" (one of {PAD_MODES})"
             raise GridError(head + f"use border='pad', pad_mode={choice}")
+        if key in _APPLY_ONLY:
+            raise GridError(
+                f"{key}= is an argument of apply (what func sees or returns), not of this"
+                f" method; pass it to .patch.apply(func, ..., {key}=...)"
+            )
+
+
+# apply's own keywords, refused by name where another method receives them
+_APPLY_ONLY = ("halo", "scale", "template", "output_names")
 
 
 def check_dims(keys: Iterable[Hashable], available: Iterable[Hashable], argument: str) -> None:
