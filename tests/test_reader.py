@@ -75,7 +75,10 @@ def test_each_chunk_row_is_read_once(stored, monkeypatch):
     assert held[0] < 5  # read ahead, not all at once
 
 
-def test_a_read_error_names_the_window(stored, monkeypatch):
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_read_error_names_the_window(stored, monkeypatch, threads):
+    # with one thread (inside a dask task, or XPATCH_NUM_THREADS=1) rows are read inline
+    monkeypatch.setenv("XPATCH_NUM_THREADS", threads)
     _, open_ = stored
 
     def broken(self, k, row):

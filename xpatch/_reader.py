@@ -20,8 +20,9 @@ chunked (``encoding["preferred_chunks"]``, set by xarray's zarr and netCDF backe
 
 from __future__ import annotations
 
+import functools
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -118,7 +119,12 @@ class ChunkReader:
         return np.asarray(var.isel({self.dim: slice(int(edges[row]), int(edges[row + 1]))}).values)
 
     def _slab(self, k: int, rows: tuple[int, ...], held: dict[Any, Any]) -> np.ndarray:
-        parts = [_done(held[(k, r)]) for r in rows]
+        parts = []
+        for r in rows:
+            block = held[(k, r)]
+            if callable(block) and not isinstance(block, Future):  # read now, keep it
+                block = held[(k, r)] = block()
+            parts.append(_done(block))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=self.axis[k])
 
     def _local(self, k: int, rows: tuple[int, ...], ix: Any) -> Any:
@@ -160,8 +166,12 @@ class ChunkReader:
             for k, rows in enumerate(need[i]):
                 for r in rows:
                     if (k, r) not in held:
+                        # without helper threads a row is read when first needed (there,
+                        # a read error is blamed on the window that needs it)
                         held[(k, r)] = (
-                            pool.submit(self._read, k, r) if pool is not None else self._read(k, r)
+                            pool.submit(self._read, k, r)
+                            if pool is not None
+                            else functools.partial(self._read, k, r)
                         )
 
         try:
@@ -202,5 +212,7 @@ class ChunkReader:
                 pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _done(block: Future[np.ndarray] | np.ndarray) -> np.ndarray:
-    return block.result() if isinstance(block, Future) else block
+def _done(block: Future[np.ndarray] | Callable[[], np.ndarray] | np.ndarray) -> np.ndarray:
+    if isinstance(block, Future):
+        return block.result()
+    return block() if callable(block) else block
