@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from xpatch._dtypes import DEFAULT
-from xpatch._validate import dim_name, dim_names, flag, positive_int
+from xpatch._validate import dim_name, dim_names, entries, flag, positive_int
 from xpatch.errors import DimensionError, PatchError
 from xpatch.weights import WeightsLike
 
@@ -231,17 +231,7 @@ def _output_names(value: Any, per_output: Mapping[Hashable, Any] | None) -> tupl
             "output_names must be a sequence of names, one per output of func, e.g."
             f" output_names=('prob', 'unc'); got {value!r} ({type(value).__name__})"
         )
-    names = tuple(value)
-    for name in names:
-        if (
-            name is None
-            or isinstance(name, (tuple, list, set, dict))
-            or not isinstance(name, Hashable)
-        ):
-            raise TypeError(
-                f"output_names {names!r}: each entry must be a name (a str), got {name!r}"
-                f" ({type(name).__name__})"
-            )
+    names = entries(value, "output_names", "a name")
     repeated = sorted({str(n) for i, n in enumerate(names) if n in names[:i]})
     if repeated:
         raise PatchError(

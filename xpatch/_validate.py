@@ -115,6 +115,26 @@ def dim_names(value: Any, argument: str, example: str) -> tuple[Hashable, ...]:
             f"{argument} must be a sequence of dim names, e.g. {argument}={example};"
             f" got {value!r} ({type(value).__name__})"
         )
+    names = entries(value, argument, "a dim name")
+    repeated = [d for i, d in enumerate(names) if d in names[:i]]
+    if repeated:
+        raise DimensionError(
+            f"{argument} {names!r} names the dim {repeated[0]!r} twice; each dim appears once"
+        )
+    return names
+
+
+def entries(value: Iterable[Any], argument: str, what: str) -> tuple[Hashable, ...]:
+    """The entries of a sequence of names as a tuple, each one a name (hashable, not
+    None, not a container), else a TypeError naming ``argument`` and the entry.
+
+    Examples
+    --------
+    >>> entries(["y", None], "output_dims", "a dim name")
+    Traceback (most recent call last):
+    ...
+    TypeError: output_dims ('y', None): each entry must be a dim name (a str), got None ...
+    """
     names = tuple(value)
     for name in names:
         if (
@@ -123,14 +143,9 @@ def dim_names(value: Any, argument: str, example: str) -> tuple[Hashable, ...]:
             or not isinstance(name, Hashable)
         ):
             raise TypeError(
-                f"{argument} {names!r}: each entry must be a dim name (a str),"
+                f"{argument} {names!r}: each entry must be {what} (a str),"
                 f" got {name!r} ({type(name).__name__})"
             )
-    repeated = [d for i, d in enumerate(names) if d in names[:i]]
-    if repeated:
-        raise DimensionError(
-            f"{argument} {names!r} names the dim {repeated[0]!r} twice; each dim appears once"
-        )
     return names
 
 
