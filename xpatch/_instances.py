@@ -327,8 +327,8 @@ class Equivalence:
             union = size_a + size_b - total.inter
             merged = total.pairs[total.inter >= self.iou * union]
         nodes = np.unique(np.concatenate([present, merged.ravel()]))
-        if not len(present):
-            return present, np.zeros(0, np.uint64)
+        if not len(present):  # no object: N = 0
+            return present, np.zeros(0, smallest_uint(0))
         ends = np.searchsorted(nodes, merged)
         graph = coo_matrix(
             (np.ones(len(ends), np.int8), (ends[:, 0], ends[:, 1])),

@@ -24,7 +24,7 @@ from xpatch._instances import (
     relabel,
     stitch_chunk,
 )
-from xpatch._locate import Locator, check_window
+from xpatch._locate import LabelCheck, Locator, check_window
 from xpatch._sampling import Sampler
 from xpatch._structure import source_name
 from xpatch.errors import AggregationError, DimensionError, IncompleteError, ResultError
@@ -89,11 +89,13 @@ def check_options(
     return float(iou)
 
 
-def labels_of(result: Any, window: Window) -> np.ndarray:
+def labels_of(result: Any, window: Window, check: LabelCheck | None = None) -> np.ndarray:
     """``func``'s result for ``window`` as a numpy label image in the grid's dim order.
 
     A DataArray must have exactly the spatial dims (any order); a bare array the
-    window's shape. Labels must be non-negative integers.
+    window's shape. Labels must be non-negative integers. With ``check`` (the
+    source's :class:`~xpatch._locate.LabelCheck`), a DataArray's coordinates along
+    the spatial dims must be the window's (in any order: they are put back in order).
 
     Examples
     --------
@@ -121,6 +123,8 @@ def labels_of(result: Any, window: Window) -> np.ndarray:
                 f" {extra or 'these'} are not allowed: select or reduce them in func, e.g."
                 f" .isel({(extra or ['c'])[0]}=0))"
             )
+        if check is not None:
+            result = check(result, window)
         data = np.asarray(result.transpose(*dims).data)
     else:
         data = np.asarray(result)
@@ -220,10 +224,11 @@ class InstanceAggregator:
         self.open: dict[tuple[int, ...], list[Piece]] = {}
         self.name = name if name is not None else source_name(obj)
         self._locator: Locator | None = None
-        kept = getattr(grid, "kept", None)  # windows a mask skips: no objects there
-        for i in np.flatnonzero(~kept) if kept is not None else ():
-            w = grid[int(i)]
-            self.add_kept(np.zeros(w.shape, dtype=np.uint8), w)
+        self._labels: LabelCheck | None = None
+        self._result: xr.DataArray | None = None
+        kept = getattr(grid, "kept", None)  # windows a mask skips: never computed, no objects
+        if kept is not None:  # the layout does not wait for them (ChunkLayout.waiting)
+            self.added |= ~kept
 
     def skip(self, done: np.ndarray, stats: list[Any]) -> np.ndarray:
         """Take chunks finished by an earlier run (resume); return the windows not needed."""
@@ -252,7 +257,9 @@ class InstanceAggregator:
             window = check_window(self.grid, window)
         if self.added[window.index]:
             raise AggregationError(f"{window!r} was added twice")
-        kept = keep(labels_of(result, window), window, self.cores)
+        if self._labels is None:
+            self._labels = LabelCheck(self.obj, self.grid)
+        kept = keep(labels_of(result, window, self._labels), window, self.cores)
         self.add_kept(kept, window)
 
     def add_kept(self, kept: np.ndarray, window: Window) -> None:
@@ -293,11 +300,15 @@ class InstanceAggregator:
         return self.equivalence.resolve()
 
     def result(self) -> xr.DataArray:
-        """The stitched labels ``1..N`` (0 background) as a DataArray over the spatial dims."""
-        keys, values = self.resolve()
-        if hasattr(self.paint, "result"):
-            return self.paint.result(keys, values)
-        return self.wrap(self.paint.final(keys, values))
+        """The stitched labels ``1..N`` (0 background) as a DataArray over the spatial dims
+        (the same one when asked again: the painted chunks are freed the first time)."""
+        if self._result is None:
+            keys, values = self.resolve()
+            if hasattr(self.paint, "result"):
+                self._result = self.paint.result(keys, values)
+            else:
+                self._result = self.wrap(self.paint.final(keys, values))
+        return self._result
 
     def wrap(self, data: Any) -> xr.DataArray:
         """Label data over the spatial dims, with the source's coords along them."""

@@ -40,6 +40,7 @@ from xpatch._instances import (
     stitch_chunk,
 )
 from xpatch._instances_agg import labels_of
+from xpatch._locate import LabelCheck
 from xpatch._sampling import Sampler
 from xpatch._structure import source_name
 from xpatch.grid import PatchGrid, Window
@@ -53,6 +54,7 @@ def _group_task(
     windows: Sequence[Window],
     layout: ChunkLayout,
     cores: Cores,
+    check: LabelCheck,
     patches: Sequence[Any],
 ) -> dict[Position, list[Piece]]:
     out: dict[Position, list[Piece]] = {}
@@ -60,7 +62,7 @@ def _group_task(
         result = _call(func, patch, window)
         if isinstance(result, xr.DataArray) and not isinstance(result.data, np.ndarray):
             result = result.compute()
-        kept = keep(labels_of(result, window), window, cores)
+        kept = keep(labels_of(result, window, check), window, cores)
         touched = list(layout.touched(window.position))
         centre = cores.centre(window)
         for cpos, piece in pieces_of(kept, window, touched, layout.edges, centre).items():
@@ -122,17 +124,20 @@ def apply_lazy(
     cores = Cores(grid)
     sampler = Sampler(obj, grid)
     token = uuid.uuid4().hex[:12]
+    check = LabelCheck(obj, grid)
+    kept = grid.kept  # windows a mask skips are never computed: no objects there
     groups: dict[Position, list[Window]] = {}
-    for i in range(len(grid)):
-        w = grid[i]
+    for i in range(len(grid)) if kept is None else np.flatnonzero(kept):
+        w = grid[int(i)]
         first = tuple(int(f[p]) for f, p in zip(layout.first, w.position))
         groups.setdefault(first, []).append(w)
     fn = delayed(func, pure=True, traverse=False)
     reaching: dict[Position, list[Any]] = {c: [] for c in layout.chunks()}
     for g, windows in groups.items():
         patches = [sampler(w) for w in windows]
+        key = f"xpatch-instances-group-{token}-{g}"
         task = delayed(_group_task, pure=True)(
-            fn, windows, layout, cores, patches, dask_key_name=f"xpatch-instances-group-{token}-{g}"
+            fn, windows, layout, cores, check, patches, dask_key_name=key
         )
         touched = {c for w in windows for c in layout.touched(w.position)}
         for cpos in sorted(touched):

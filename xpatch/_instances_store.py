@@ -35,6 +35,7 @@ import xarray as xr
 from xpatch._apply import _call
 from xpatch._instances import Stats, relabel
 from xpatch._instances_agg import InstanceAggregator, _run, labels_of
+from xpatch._locate import LabelCheck
 from xpatch._sampling import Sampler
 from xpatch._store_safety import is_zarr_array, local_path
 from xpatch._structure import THIS, Meta
@@ -207,7 +208,9 @@ def apply_to_store(
         paint = StorePaint(root, agg.layout, sink, agg.name)
         agg.paint = paint
         config = {"grid": grid.signature(), "chunks": [list(e) for e in _edges(agg)], "iou": iou}
-        first = grid[0]
+        kept = grid.kept  # the fingerprint is taken on the first window computed
+        first = grid[0 if kept is None else int(np.flatnonzero(kept)[0])]
+        check = LabelCheck(obj, grid)
         found = paint.meta() if root.exists() else None
         if root.exists() and not (resume or overwrite):
             raise StoreError(
@@ -226,7 +229,7 @@ def apply_to_store(
         if resume and found is not None:
             same = {k: found.get(k) for k in config} == json.loads(json.dumps(config))
             if same:
-                labels = labels_of(_call(func, Sampler(obj, grid)(first), first), first)
+                labels = labels_of(_call(func, Sampler(obj, grid)(first), first), first, check)
                 same = digest(labels) == found.get("fingerprint")
                 if not same and not overwrite:
                     raise StoreError(
@@ -244,7 +247,7 @@ def apply_to_store(
                 sink.start_afresh()
         if found is None:
             if labels is None:
-                labels = labels_of(_call(func, Sampler(obj, grid)(first), first), first)
+                labels = labels_of(_call(func, Sampler(obj, grid)(first), first), first, check)
             paint.create({**config, "fingerprint": digest(labels)})
         else:
             agg.skip(*paint.load())

@@ -1,0 +1,134 @@
+"""Review of instance stitching (issue 19): defects found by trying the edges.
+
+Each test here failed before its fix. The reference is always labelling the whole
+array at once (``skimage.measure.label``), never xpatch against itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import xpatch  # noqa: F401  (registers .patch)
+from xpatch.errors import ResultError
+
+measure = pytest.importorskip("skimage.measure")
+pytest.importorskip("dask.array")
+
+
+def label(p):
+    return measure.label(np.asarray(p) > 0.5)
+
+
+def same_partition(a, b) -> bool:
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    nz = a != 0
+    if not nz.any():
+        return True
+    pairs = np.unique(np.stack([a[nz], b[nz]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+@pytest.fixture(scope="module")
+def image():
+    """Squares of 3..9 elements, 3 apart, over a 60 x 56 image with coordinates."""
+    img = np.zeros((60, 56), np.float32)
+    rng = np.random.default_rng(19)
+    for y in range(1, 56, 12):
+        for x in range(1, 52, 12):
+            h, w = rng.integers(3, 10, 2)
+            img[y : y + h, x : x + w] = 1
+    return xr.DataArray(
+        img, dims=("y", "x"), coords={"y": np.arange(60) * 2.0, "x": np.arange(56) * 1.0}
+    )
+
+
+def recording(calls):
+    def func(p):
+        calls.append((float(p.y[0]), float(p.x[0])))
+        return label(p)
+
+    return func
+
+
+# --- mask= : skipped windows are never computed, on every path ------------------------
+@pytest.mark.parametrize("path", ["eager", "dask", "store"])
+def test_mask_skips_windows_on_every_path(image, path, tmp_path):
+    mask = xr.zeros_like(image, dtype=bool)
+    mask[:30] = True  # windows wholly in y >= 30 (coords >= 60) are skipped
+    calls: list = []
+    src = image.chunk(20) if path == "dask" else image
+    kw = {"out": str(tmp_path / "m.zarr")} if path == "store" else {}
+    out = src.patch.apply(
+        recording(calls), y=20, x=20, step=10, mask=mask, merge="instances", **kw
+    ).compute()
+    grid = image.patch.grid(y=20, x=20, step=10, mask=mask)
+    assert len(calls) == grid.n_kept  # func never ran on a skipped window
+    assert all(y < 60 for y, _ in calls)
+    assert not out.values[40:].any()  # covered by skipped windows only: no objects
+    # the objects of rows 0..23 (rows 1..21) are whole in kept windows
+    assert same_partition(out.values[:24], label(image.values[:24]))
+    assert out.values[:24].any()
+
+
+def test_store_with_window_zero_masked_never_calls_func_there(image, tmp_path):
+    mask = xr.zeros_like(image, dtype=bool)
+    mask[30:] = True  # window 0 (y 0:20) is skipped
+    calls: list = []
+    image.patch.apply(
+        recording(calls), y=20, x=20, step=10, mask=mask, merge="instances",
+        out=str(tmp_path / "m.zarr"),
+    )  # fmt: skip
+    assert calls and min(y for y, _ in calls) >= 2 * 20  # first kept row of windows: y=20
+    assert len(calls) == image.patch.grid(y=20, x=20, step=10, mask=mask).n_kept
+
+
+# --- dtype of an empty result -----------------------------------------------------------
+@pytest.mark.parametrize("path", ["eager", "chunks", "store"])
+def test_no_objects_gives_uint8_zeros(image, path, tmp_path):
+    kw = {
+        "eager": {},
+        "chunks": {"chunks": 16},
+        "store": {"out": str(tmp_path / "e.zarr")},
+    }[path]
+    out = image.patch.apply(
+        lambda p: np.zeros(p.shape, np.int64), y=20, x=20, step=10, merge="instances", **kw
+    )
+    assert out.dtype == np.uint8  # the smallest unsigned dtype that holds N = 0
+    assert not out.values.any()
+
+
+# --- labeled results: their coordinates are checked, as for blended results -------------
+@pytest.mark.parametrize("lazy", [False, True])
+def test_result_with_other_coordinates_is_refused(image, lazy):
+    src = image.chunk(30) if lazy else image
+
+    def shifted(p):
+        return p.copy(data=label(p)).assign_coords(y=p.y + 1000)
+
+    with pytest.raises(ResultError, match="along dim 'y'"):
+        src.patch.apply(shifted, y=20, x=20, step=10, merge="instances").compute()
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_result_in_reverse_order_is_put_back(image, lazy):
+    src = image.chunk(30) if lazy else image
+
+    def flipped(p):
+        return p.copy(data=label(p)).isel(y=slice(None, None, -1), x=slice(None, None, -1))
+
+    out = src.patch.apply(flipped, y=20, x=20, step=10, merge="instances").compute()
+    assert same_partition(out, label(image))
+
+
+# --- the hand-written loop ------------------------------------------------------------
+def test_aggregator_result_can_be_asked_twice(image):
+    agg = image.patch.aggregator(y=20, x=20, step=10, merge="instances")
+    for w in reversed(list(agg.grid)):  # out of order
+        agg.add(label(image.isel(y=w.slices[0], x=w.slices[1])), w)
+    first = agg.result()
+    assert same_partition(first, label(image))
+    xr.testing.assert_identical(agg.result(), first)
