@@ -106,3 +106,18 @@ def test_sources_without_stored_chunking_use_isel():
     da = _volume()
     assert _reader.ChunkReader.make(da, da.patch.grid(z=12, y=12, x=12)) is None
     assert _reader.ChunkReader.make(da.chunk(8), da.patch.grid(z=12, y=12, x=12)) is None
+
+
+def test_rows_too_large_for_the_memory_budget_are_read_per_window(stored, monkeypatch):
+    # a row of stored chunks spans every other dim whole: on a huge volume holding a few
+    # rows would grow with the volume, so below the budget the reader steps aside
+    da, open_ = stored
+    lazy = open_()
+    grid = lazy.patch.grid(z=12, y=12, x=12, step=6)
+    assert _reader.ChunkReader.make(lazy, grid) is not None
+    monkeypatch.setenv("XPATCH_MEMORY_BUDGET", "64KiB")  # a row here is 8 x 36 x 30 x 4 B
+    assert _reader.ChunkReader.make(lazy, grid) is None
+    out = lazy.patch.apply(lambda p: p * 2 + 1, z=12, y=12, x=12, step=6)
+    xr.testing.assert_identical(
+        out.load(), da.patch.apply(lambda p: p * 2 + 1, z=12, y=12, x=12, step=6)
+    )

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xpatch._accumulate import memory_budget
 from xpatch._sampling import Sampler, SourceLabels, cut_coords, take
 from xpatch._structure import data_variables
 from xpatch.grid import PatchGrid, Window
@@ -102,6 +103,8 @@ class ChunkReader:
         lazy = all(v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables)
         if not variables or not lazy or any(stored_chunks(v) is None for v in variables):
             return None
+        if _held_bytes(variables, grid) > memory_budget() // 2:
+            return None  # rows too large to hold (a huge volume): read per window instead
         return cls(obj, grid, threads)
 
     def _rows(self, k: int, ix: Any) -> tuple[int, ...]:
@@ -210,6 +213,21 @@ class ChunkReader:
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _held_bytes(variables: list[Any], grid: PatchGrid) -> int:
+    """About what the reader holds at once: the rows one window spans, plus those read
+    ahead, of every variable (a row is one stored chunk along the grid's first dim and
+    the whole of every other dim)."""
+    dim = grid.dims[0]
+    window = int(grid.axes[0].sizes.max())
+    total = 0
+    for v in variables:
+        axis = v.dims.index(dim)
+        row = int(max(stored_chunks(v)[axis]))  # type: ignore[index]
+        per_row = row * int(np.prod(v.shape)) // max(int(v.shape[axis]), 1) * v.dtype.itemsize
+        total += (AHEAD + 2 * (-(-window // row) + 1)) * per_row
+    return total
 
 
 def _done(block: Future[np.ndarray] | Callable[[], np.ndarray] | np.ndarray) -> np.ndarray:
