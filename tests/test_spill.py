@@ -131,3 +131,14 @@ def test_windows_added_out_of_order_still_give_the_same_result(monkeypatch):
     assert agg._acc.spill.count > 0
     expected = da.patch.apply(_classes, z=16, y=16, x=16, step=12)
     xr.testing.assert_allclose(agg.result(), expected.transpose("cls", ...), rtol=1e-6, atol=1e-6)
+
+
+def test_a_chunk_blended_in_the_background_goes_to_disk_whole(monkeypatch):
+    # 768 x 768 float64 parts are left to the helper threads while func makes the next
+    # patch; a chunk going to disk must wait for them (else their sums are lost)
+    rng = np.random.default_rng(7)
+    da = xr.DataArray(rng.random((1920, 1792)), dims=("y", "x"))
+    kw = dict(y=768, x=768, step=384, chunks=1024)
+    expected = da.patch.apply(np.sin, **kw)  # chunked, nothing goes to disk (1 GiB budget)
+    monkeypatch.setenv("XPATCH_MEMORY_BUDGET", "1")  # every other open chunk goes to disk
+    xr.testing.assert_identical(da.patch.apply(np.sin, **kw), expected)

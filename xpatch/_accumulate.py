@@ -342,6 +342,8 @@ class Spill:
         per_chunk = max(acc.buffer_bytes, 1)
         if held + per_chunk <= self.budget:
             return
+        # a blend left to the helper threads may still be writing to a chunk going out
+        acc.blender.wait()
         # needed last first; ties (and an unknown order) go by opening order
         opened = list(acc.buffers)
         for cpos in sorted(opened, key=self.next_use, reverse=True):
