@@ -132,3 +132,34 @@ def test_aggregator_result_can_be_asked_twice(image):
     first = agg.result()
     assert same_partition(first, label(image))
     xr.testing.assert_identical(agg.result(), first)
+
+
+# --- refusals before func is first called ----------------------------------------------
+def test_resume_without_out_is_refused_before_func(image):
+    from xpatch.errors import PatchError
+
+    def func(p):
+        raise AssertionError("func must not run")
+
+    with pytest.raises(PatchError, match="resume=True needs out="):
+        image.patch.apply(func, y=20, x=20, step=10, merge="instances", resume=True)
+
+
+# --- iou: the sizes in a shared region do not depend on chunks --------------------------
+@pytest.mark.parametrize("chunks", [None, 22, 16, 10])
+def test_iou_sizes_count_the_whole_shared_region_whatever_the_chunks(chunks):
+    """Window 0 (x 0:40) sees an object over x 10:30, window 1 (x 8:48) one over 24:28.
+    Over the shared region 8:40 their IoU is 4 / 20 = 0.2: two objects. A chunk edge
+    at 22 leaves window 1 with no object in the first chunk; the part of window 0's
+    object there (10:22) must still count in its size (else 4 / 8 = 0.5: merged)."""
+    da = xr.DataArray(np.zeros(48), dims="x")
+    agg = da.patch.aggregator(x=40, step=8, merge="instances", chunks=chunks)
+    a, b = np.zeros(40, int), np.zeros(40, int)
+    a[10:30], b[24 - 8 : 28 - 8] = 1, 1
+    agg.add(a, agg.grid[0])
+    agg.add(b, agg.grid[1])
+    out = agg.result().values
+    assert out[10] != out[25] and out[25] > 0 and out[10] > 0
+    expected = np.zeros(48, int)
+    expected[10:30], expected[24:28] = 1, 2  # b nearer to window 1's centre (27.5)
+    np.testing.assert_array_equal(out, expected)

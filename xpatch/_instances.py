@@ -107,13 +107,16 @@ class Piece:
 
     ``box`` is the part, as slices within the chunk; ``labels`` the kept objects
     there, numbered ``1..k`` for the whole window (0 elsewhere); ``centre`` the
-    window's centre (element coordinates).
+    window's centre (element coordinates). ``empty``: no kept object in the part
+    (``labels`` is then a zero-stride array of zeros); it still counts, as the region
+    its window shares with the others, in the sizes the IoU is taken over.
     """
 
     index: int
     box: tuple[slice, ...]
     labels: np.ndarray
     centre: tuple[float, ...]
+    empty: bool = False
 
 
 def keep(labels: np.ndarray, window: Window, cores: Cores) -> np.ndarray:
@@ -162,6 +165,8 @@ def pieces_of(
     centre: tuple[float, ...],
 ) -> dict[tuple[int, ...], Piece]:
     """Cut a window's kept labels into the pieces of the chunks it touches."""
+    if not kept.any():  # no object: nothing meets, nothing to count
+        return {}
     out = {}
     for cpos in touched:
         box, src = [], []
@@ -170,8 +175,13 @@ def pieces_of(
             box.append(slice(lo - int(e[c]), hi - int(e[c])))
             src.append(slice(lo - s.start, hi - s.start))
         part = kept[tuple(src)]
-        if part.size and part.any():
+        if not part.size:
+            continue
+        if part.any():
             out[cpos] = Piece(window.index, tuple(box), part, centre)
+        else:  # objects elsewhere in the window: the sizes need this part of it
+            zeros = np.broadcast_to(np.zeros((), kept.dtype), part.shape)
+            out[cpos] = Piece(window.index, tuple(box), zeros, centre, empty=True)
     return out
 
 
@@ -221,6 +231,8 @@ def stitch_chunk(
     painted = np.zeros(tuple(shape), dtype=np.uint64)
     best = np.full(tuple(shape), np.inf)
     for p in pieces:
+        if p.empty:
+            continue
         axes = [
             (np.arange(s.start, s.stop) + o - c) ** 2 for s, o, c in zip(p.box, origin, p.centre)
         ]
@@ -240,6 +252,8 @@ def stitch_chunk(
 def _meetings(pieces: Sequence[Piece]) -> Stats:
     pairs, inter, sizes_of, sizes = [], [], [], []
     for p, q in itertools.combinations(pieces, 2):
+        if p.empty and q.empty:
+            continue
         box = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(p.box, q.box))
         if any(s.stop <= s.start for s in box):
             continue

@@ -35,6 +35,7 @@ from xpatch import _instances_dask, _instances_store, parallel
 from xpatch._instances import smallest_uint
 from xpatch._instances_agg import InstanceAggregator, _run, check_options, labels_of
 from xpatch._validate import flag
+from xpatch.errors import PatchError
 from xpatch.grid import PatchGrid
 
 __all__ = [
@@ -79,6 +80,8 @@ def apply(
     iou = check_options(merge, iou, **refused)
     resume, overwrite = flag(resume, "resume"), flag(overwrite, "overwrite")
     progress = flag(progress, "progress")
+    if resume and out is None:
+        raise PatchError("resume=True needs out=, the zarr store of the interrupted run")
     if out is not None:
         return _instances_store.apply_to_store(
             obj, func, grid, iou=iou, chunks=chunks, out=out, resume=resume,
