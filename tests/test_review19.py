@@ -163,3 +163,14 @@ def test_iou_sizes_count_the_whole_shared_region_whatever_the_chunks(chunks):
     expected = np.zeros(48, int)
     expected[10:30], expected[24:28] = 1, 2  # b nearer to window 1's centre (27.5)
     np.testing.assert_array_equal(out, expected)
+
+
+def test_aggregator_says_a_masked_window_is_skipped(image):
+    from xpatch.errors import AggregationError
+
+    mask = xr.zeros_like(image, dtype=bool)
+    mask[:20] = True
+    agg = image.patch.aggregator(y=20, x=20, step=10, mask=mask, merge="instances")
+    skipped = agg.grid[int(np.flatnonzero(~agg.grid.kept)[0])]
+    with pytest.raises(AggregationError, match="skipped by the mask"):
+        agg.add(np.zeros(skipped.shape, int), skipped)

@@ -255,6 +255,11 @@ class InstanceAggregator:
             window = self._locator(result)
         else:
             window = check_window(self.grid, window)
+        if self.grid.kept is not None and not self.grid.kept[window.index]:
+            raise AggregationError(
+                f"{window!r} is skipped by the mask: it takes no result (add only the"
+                " windows of grid.kept_windows())"
+            )
         if self.added[window.index]:
             raise AggregationError(f"{window!r} was added twice")
         if self._labels is None:
