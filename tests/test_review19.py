@@ -174,3 +174,20 @@ def test_aggregator_says_a_masked_window_is_skipped(image):
     skipped = agg.grid[int(np.flatnonzero(~agg.grid.kept)[0])]
     with pytest.raises(AggregationError, match="skipped by the mask"):
         agg.add(np.zeros(skipped.shape, int), skipped)
+
+
+@pytest.mark.parametrize("path", ["eager", "dask", "store"])
+def test_object_whole_in_a_kept_window_survives_a_skipped_neighbour(path, tmp_path):
+    """Rows 33..36 lie in the kept window y 20:40, whole; their centre (34.5) is in
+    the core of the skipped window y 30:50. A kept window saw the object whole, so
+    it is in the result (blending keeps that window's values there too)."""
+    img = np.zeros((60, 20), np.float32)
+    img[33:37, 5:9] = 1
+    img[3:6, 3:6] = 1
+    da = xr.DataArray(img, dims=("y", "x"))
+    mask = xr.zeros_like(da, dtype=bool)
+    mask[:30] = True
+    src = da.chunk(15) if path == "dask" else da
+    kw = {"out": str(tmp_path / "o.zarr")} if path == "store" else {}
+    out = src.patch.apply(label, y=20, x=20, step=10, mask=mask, merge="instances", **kw)
+    assert same_partition(out.values, label(img))

@@ -88,6 +88,12 @@ class Cores:
             self.centres.append((starts + stops - 1) / 2)
             middles = (starts[1:] + stops[:-1] - 1) / 2  # of each overlap (or gap)
             self.bounds.append(np.concatenate([[-np.inf], middles, [np.inf]]))
+        self.kept = grid.kept  # windows a mask skips keep nothing; their cores go to
+        self.shape = grid.shape_tuple  # the nearest kept window (see adopts)
+        if self.kept is not None:
+            self.kept_index = np.flatnonzero(self.kept)
+            pos = np.unravel_index(self.kept_index, self.shape)
+            self.kept_centres = np.stack([c[p] for c, p in zip(self.centres, pos)], axis=1)
 
     def centre(self, window: Window) -> tuple[float, ...]:
         """The centre of ``window`` in element coordinates."""
@@ -98,7 +104,25 @@ class Cores:
         inside = np.ones(len(points), dtype=bool)
         for i, (b, p) in enumerate(zip(self.bounds, window.position)):
             inside &= (points[:, i] >= b[p]) & (points[:, i] < b[p + 1])
+        if self.kept is not None and not inside.all():
+            inside[~inside] = self.adopts(window, points[~inside])
         return inside
+
+    def adopts(self, window: Window, points: np.ndarray) -> np.ndarray:
+        """Mask of ``points`` in the core of a window the mask skips whose nearest kept
+        window centre (squared distance; ties: the lower index) is ``window``'s: an
+        object a kept window sees there is not lost with the skipped window."""
+        if self.kept is None or not len(points):
+            return np.zeros(len(points), dtype=bool)
+        pos = [
+            np.searchsorted(b, points[:, i], side="right") - 1 for i, b in enumerate(self.bounds)
+        ]
+        skipped = ~self.kept[np.ravel_multi_index(tuple(pos), self.shape)]
+        out = np.zeros(len(points), dtype=bool)
+        for i in np.flatnonzero(skipped):  # few: objects near the mask's edge
+            d2 = ((self.kept_centres - points[i]) ** 2).sum(axis=1)
+            out[i] = self.kept_index[int(np.argmin(d2))] == window.index
+        return out
 
 
 @dataclass
