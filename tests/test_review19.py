@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import xpatch  # noqa: F401  (registers .patch)
 from xpatch.errors import ResultError
@@ -191,3 +193,35 @@ def test_object_whole_in_a_kept_window_survives_a_skipped_neighbour(path, tmp_pa
     kw = {"out": str(tmp_path / "o.zarr")} if path == "store" else {}
     out = src.patch.apply(label, y=20, x=20, step=10, mask=mask, merge="instances", **kw)
     assert same_partition(out.values, label(img))
+
+
+# --- invariant: the numbering depends on neither chunks nor path, mask or not -----------
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 2**16),
+    size=st.tuples(st.integers(8, 20), st.integers(8, 20)),
+    frac=st.tuples(st.floats(0.4, 1.0), st.floats(0.4, 1.0)),
+    chunks=st.integers(6, 25),
+    masked=st.booleans(),
+    iou=st.sampled_from([0.05, 0.5, 1.0]),
+)
+def test_numbering_independent_of_chunks_and_path(seed, size, frac, chunks, masked, iou):
+    rng = np.random.default_rng(seed)
+    img = (rng.random((40, 36)) < 0.35).astype(np.float32)  # objects of every size
+
+    def noisy(p):  # windows disagree, so iou decides
+        a = np.asarray(p).copy()
+        r = np.random.default_rng(int(p.y[0]) * 100 + int(p.x[0]))
+        a[r.random(a.shape) < 0.1] = 0
+        return label(a)
+
+    da = xr.DataArray(img, dims=("y", "x"), coords={"y": np.arange(40), "x": np.arange(36)})
+    step = {"y": max(1, int(size[0] * frac[0])), "x": max(1, int(size[1] * frac[1]))}
+    kw = dict(y=size[0], x=size[1], step=step, merge="instances", iou=iou)
+    if masked:
+        kw["mask"] = da.x < rng.integers(5, 36)
+    ref = da.patch.apply(noisy, **kw).values
+    n = int(ref.max())
+    assert sorted(np.unique(ref)) == list(range(n + 1))
+    np.testing.assert_array_equal(da.patch.apply(noisy, chunks=chunks, **kw).values, ref)
+    np.testing.assert_array_equal(da.chunk(chunks).patch.apply(noisy, **kw).values, ref)
