@@ -283,8 +283,8 @@ def _meetings(pieces: Sequence[Piece]) -> Stats:
             continue
         a = p.labels[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, p.box))]
         b = q.labels[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(box, q.box))]
-        both = (a > 0) & (b > 0)
-        if both.any():
+        both = None if p.empty or q.empty else (a > 0) & (b > 0)
+        if both is not None and both.any():
             ka, kb = _prov(p.index, a[both]), _prov(q.index, b[both])
             u, n = np.unique(np.stack([ka, kb], axis=1), axis=0, return_counts=True)
             pairs.append(u)
@@ -292,6 +292,8 @@ def _meetings(pieces: Sequence[Piece]) -> Stats:
         # sizes in the shared region count here even where nothing meets: the two
         # objects may meet in another chunk of the same region
         for own, other, labels in ((p, q, a), (q, p, b)):
+            if own.empty:
+                continue
             ids, counts = np.unique(labels[labels > 0], return_counts=True)
             sizes_of.append(
                 np.stack([_prov(own.index, ids), np.full(len(ids), other.index, np.uint64)], 1)
