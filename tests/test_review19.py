@@ -225,3 +225,28 @@ def test_numbering_independent_of_chunks_and_path(seed, size, frac, chunks, mask
     assert sorted(np.unique(ref)) == list(range(n + 1))
     np.testing.assert_array_equal(da.patch.apply(noisy, chunks=chunks, **kw).values, ref)
     np.testing.assert_array_equal(da.chunk(chunks).patch.apply(noisy, **kw).values, ref)
+
+
+# --- chunk corners on the out-of-core and dask paths ------------------------------------
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("path", ["store", "dask"])
+def test_object_on_a_chunk_corner_out_of_core_and_on_dask(ndim, path, tmp_path):
+    """A ball centred on the corner shared by 4 / 8 chunks (and a bar along every
+    axis through the border of the array), chunks smaller than the patch."""
+    shape = (48,) * ndim
+    grids = np.ogrid[tuple(slice(0, s) for s in shape)]
+    img = (sum((g - 23.5) ** 2 for g in grids) <= 5**2).astype(np.float32)
+    img[(slice(0, 2),) * (ndim - 1) + (slice(None),)] = 1  # touches the array border
+    da = xr.DataArray(img, dims=("z", "y", "x")[-ndim:])
+    sizes = dict.fromkeys(da.dims, 32)
+    if path == "dask":
+        out = da.chunk(24).patch.apply(label, sizes, step=16, merge="instances")
+    else:
+        out = da.patch.apply(
+            label, sizes, step=16, chunks=24, merge="instances", out=str(tmp_path / "c.zarr")
+        )
+    out = out.values
+    assert same_partition(out, label(img))
+    corner = out[(slice(20, 28),) * ndim]
+    assert len(np.unique(corner[corner > 0])) == 1
+    assert out.dtype == np.uint8 if path == "store" else out.max() == 2
