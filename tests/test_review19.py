@@ -250,3 +250,8 @@ def test_object_on_a_chunk_corner_out_of_core_and_on_dask(ndim, path, tmp_path):
     corner = out[(slice(20, 28),) * ndim]
     assert len(np.unique(corner[corner > 0])) == 1
     assert out.dtype == np.uint8 if path == "store" else out.max() == 2
+
+
+def test_a_result_of_another_shape_says_what_to_return(image):
+    with pytest.raises(ResultError, match=r"window has \(20, 20\).*return one label per element"):
+        image.patch.apply(lambda p: label(p)[:-1], y=20, x=20, step=10, merge="instances")

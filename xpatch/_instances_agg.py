@@ -137,7 +137,8 @@ def labels_of(result: Any, window: Window, check: LabelCheck | None = None) -> n
     if data.shape != window.shape:
         raise ResultError(
             f"merge='instances': the result for {window!r} has the shape {data.shape}, the"
-            f" window has {window.shape} (dims {dims})"
+            f" window has {window.shape} (dims {dims}): return one label per element of the"
+            " patch (undo any resizing or cropping in func)"
         )
     if data.dtype.kind not in "iu":
         hint = (
