@@ -121,3 +121,55 @@ def test_rows_too_large_for_the_memory_budget_are_read_per_window(stored, monkey
     xr.testing.assert_identical(
         out.load(), da.patch.apply(lambda p: p * 2 + 1, z=12, y=12, x=12, step=6)
     )
+
+
+def test_lazy_patches_carry_the_labels_of_in_memory_patches(tmp_path):
+    # the reader labels in-bounds patches from cached parts, as in-memory patches are
+    # labeled: same coords (index, non-index, scalar, 2-D), attrs and name, read-only
+    da = _volume().assign_coords(
+        t=np.float64(3.0),
+        zz=("z", np.arange(40) * 10),
+        yx=(("y", "x"), np.arange(36 * 30).reshape(36, 30)),
+    )
+    da.attrs = {"units": "counts", "nested": {"a": 1}}
+    da.chunk({"z": 8, "y": 12, "x": 10}).to_zarr(tmp_path / "v.zarr")
+    lazy = xr.open_zarr(tmp_path / "v.zarr", chunks=None)["v"]
+    lazy_patches, memory_patches = [], []
+
+    def keep(into):
+        def model(p):
+            into.append(p)
+            return p
+
+        return model
+
+    kw = dict(z=12, y=12, x=12, step=6, border="pad", pad_mode="reflect")
+    lazy.patch.apply(keep(lazy_patches), **kw)
+    lazy.load().patch.apply(keep(memory_patches), **kw)
+    assert len(lazy_patches) == len(memory_patches) > 0
+    for got, want in zip(lazy_patches, memory_patches):
+        xr.testing.assert_identical(got, want)
+        assert not got.values.flags.writeable
+
+
+def test_a_first_lazy_apply_does_not_import_dask_array(tmp_path):
+    # xarray's constructors check data against dask's array type, importing dask.array
+    # (0.4-0.6 s) the first time; a first apply on a lazily opened file need not pay it
+    import subprocess
+    import sys
+
+    _volume().chunk(8).to_zarr(tmp_path / "v.zarr")
+    code = f"""
+import sys, numpy as np, xarray as xr, xpatch
+da = xr.open_zarr({str(tmp_path / "v.zarr")!r}, chunks=None)["v"]
+if "dask.array" in sys.modules:
+    print("SKIP: opening the store imported dask.array")
+    raise SystemExit(0)
+out = da.patch.apply(lambda p: p.values * 2, z=12, y=12, x=12, step=6)
+assert isinstance(out.data, np.ndarray)
+print("imported" if "dask.array" in sys.modules else "not imported")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    if run.stdout.startswith("SKIP"):
+        pytest.skip(run.stdout.strip())
+    assert run.stdout.strip() == "not imported"

@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._accumulate import memory_budget
-from xpatch._sampling import Sampler, SourceLabels, cut_coords, take
+from xpatch._sampling import Sampler, SourceLabels, cut_coords, labeler, take
 from xpatch._structure import data_variables
 from xpatch.grid import PatchGrid, Window
 
@@ -84,6 +84,7 @@ class ChunkReader:
         self.sampler = Sampler(xr.Dataset(coords=obj.coords), grid)
         self.skeleton = self.sampler.obj
         self.labels = SourceLabels.of(obj, grid.dims)
+        self.fast = labeler(obj, grid)  # labels of in-bounds patches, cached per position
         self.variables = data_variables(obj)
         # per variable: the axis of the first spatial dim and its stored chunk edges
         self.axis = [v.dims.index(self.dim) for v in self.variables]
@@ -209,10 +210,22 @@ class ChunkReader:
                     for r in rows:
                         if last[(k, r)] == i:
                             del held[(k, r)]
-                yield window, self.labels.patch(cut_coords(self.skeleton, plan), data)
+                yield window, self._label(window, plan, data)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+    def _label(self, window: Window, plan: Any, data: list[np.ndarray]) -> Any:
+        """The labeled patch of ``window`` around its cut ``data``."""
+        if (
+            self.fast is not None
+            and not plan.masks
+            and not plan.coords
+            and window.dims == self.grid.dims
+            and all(type(ix) is slice for ix in plan.indexers.values())
+        ):
+            return self.fast.wrap(window, data[0])
+        return self.labels.patch(cut_coords(self.skeleton, plan), data)
 
 
 def _held_bytes(variables: list[Any], grid: PatchGrid) -> int:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import xarray as xr
 
-from xpatch._internals import dataarray, index_coordinate, is_memory_coordinate
+from xpatch._internals import dataarray, index_coordinate, indexes_of, is_memory_coordinate
 from xpatch._structure import (
     all_variables,
     data_variables,
@@ -301,7 +301,8 @@ class _FastCutter:
         row = self.head = (head, coords, indexes)
         return row
 
-    def __call__(self, window: Window) -> xr.DataArray:
+    def labels(self, window: Window) -> tuple[dict[Hashable, Any], dict[Hashable, Any]]:
+        """The coordinates and indexes of an in-bounds window's patch."""
         slices = window.slices
         # windows come row by row: the labels along all axes but the last change rarely
         head, row, row_indexes = self.head
@@ -315,9 +316,39 @@ class _FastCutter:
             for name in self.multi:
                 var = self.variables[name]
                 coords[name] = read_only(var[tuple(sel.get(d, slice(None)) for d in var.dims)])
-        data = self.data[tuple(slices) if self.plain else self.key(window)]
-        attrs = self.attrs.copy()
-        return dataarray(self.dims, data, attrs, coords, self.obj.name, indexes)
+        return coords, indexes
+
+    def wrap(self, window: Window, data: np.ndarray) -> xr.DataArray:
+        """The labeled patch of an in-bounds ``window`` around its ``data`` (cut elsewhere,
+        in the source's dim order)."""
+        coords, indexes = self.labels(window)
+        return dataarray(self.dims, data, self.attrs.copy(), coords, self.obj.name, indexes)
+
+    def __call__(self, window: Window) -> xr.DataArray:
+        slices = window.slices
+        return self.wrap(window, self.data[tuple(slices) if self.plain else self.key(window)])
+
+
+def labeler(obj: Any, grid: PatchGrid) -> _FastCutter | None:
+    """What labels the in-bounds patches of a lazily read DataArray as in-memory patches
+    are labeled (their data cut elsewhere, e.g. from a file's slabs), or None (a
+    Dataset, or coordinates that are not in memory).
+
+    It is built on a stand-in of the source's shape that holds no data (a broadcast
+    scalar), so only the labels are cached; building each patch with ``xr.DataArray``
+    deep-copies its coordinates and costs more than the patch's share of reading.
+    """
+    if not isinstance(obj, xr.DataArray):
+        return None
+    var = obj.variable
+    coords = {k: v.variable for k, v in obj.coords.items()}
+    if not all(is_memory_coordinate(c) for c in coords.values()):
+        return None
+    stand_in = np.broadcast_to(np.zeros((), dtype=var.dtype), var.shape)
+    # (assembled from the source's valid parts: xarray's constructor would check the
+    # data against every duck-array type, importing dask.array on a first call)
+    proxy = dataarray(var.dims, stand_in, dict(obj.attrs), coords, obj.name, dict(indexes_of(obj)))
+    return _FastCutter.make(proxy, grid)
 
 
 def read_only(var: xr.Variable) -> xr.Variable:
