@@ -28,6 +28,7 @@ PURE = [
     "_dtypes",
     "_options",
     "_plan",
+    "_tiles",
     "_patchmap",
     "_validate",
     "_types",
