@@ -18,8 +18,10 @@ Sources (``--source``), neither ever held in memory whole:
   disk, so it reaches 2048^3.
 - ``zarr``: the same values written chunk by chunk (128^3, one chunk in memory at a
   time) to ``<workdir>/in-<N>.zarr`` and opened with ``xr.open_zarr(chunks=None)``
-  (lazy, no dask), which takes apply's reader of stored chunk rows. 4 N^3 bytes of
-  disk before compression (4 GiB at 1024^3); kept between runs unless ``--clean``.
+  (lazy, no dask), which takes apply's reader of stored chunks (rows of them along
+  z where they fit a quarter of the budget, else tiles: the stored chunks themselves).
+  4 N^3 bytes of disk before compression (4 GiB at 1024^3); kept between runs unless
+  ``--clean``.
 
 Each size runs in a fresh process; peak memory is the process's ``VmHWM`` minus its
 RSS just before the run (``working``). ``--budget`` sets ``XPATCH_MEMORY_BUDGET`` (how
@@ -27,10 +29,13 @@ many bytes of open chunks stay in memory; the rest wait on disk). Stores and the
 spill scratch go under ``--workdir`` (``TMPDIR`` of the child); the output store is
 removed after each size. Also reported: chunks written to the scratch (``spills``,
 ``spill GiB``: the bytes that went to disk), the output store's size and, for the
-zarr source, the most that apply's reader of stored chunk rows held at once
-(``reader MiB``, rows and joined slabs) and the bytes it copied joining rows
-(``joined GiB``). The fitted slope (MiB per million voxels) says whether memory
-grows with the volume. Nothing is asserted.
+zarr source, apply's reader: which (``rows`` or ``tiles``), the most units (tiles or
+rows) it held at once (``held at most``, read-ahead included), the most bytes of
+decoded units alive at once (``reader MiB``: held by the reader or by a patch that is
+a view of one) and how many times each unit was decoded (``decodes per chunk``: a
+tile is one stored chunk; a row's decodes are those of each stored chunk in it).
+The fitted slope (MiB per million voxels) says whether memory grows with the volume.
+Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -97,25 +102,27 @@ else:
     da = xr.DataArray(
         xr.Variable(("z", "y", "x"), indexing.LazilyIndexedArray(Generated((n, n, n)))), name="v")
 
-# what apply's reader of stored chunk rows holds (zarr source): rows and 2-row slabs
+# what apply's reader holds (zarr source): the decoded units (tiles, or rows where
+# they fit) alive at once, what its schedule accounted, and how often each was decoded
 from xpatch import _reader
 import weakref
-held = {"now": 0, "max": 0, "copied": 0}
+held = {"now": 0, "max": 0}
 def track(arr):
     held["now"] += arr.nbytes
     held["max"] = max(held["max"], held["now"])
     weakref.finalize(arr, lambda b=arr.nbytes: held.__setitem__("now", held["now"] - b))
     return arr
-read, slab = _reader.ChunkReader._read, _reader.ChunkReader._slab
-def reading(self, k, row):
-    return track(read(self, k, row))
-def joining(self, k, rows, parts):
-    out = slab(self, k, rows, parts)
-    if len(rows) > 1:
-        held["copied"] += out.nbytes
-        track(out)
+readers = []
+make = _reader.ChunkReader.make.__func__
+def recorded(cls, *args, **kwargs):
+    out = make(cls, *args, **kwargs)
+    readers.append(out)
     return out
-_reader.ChunkReader._read, _reader.ChunkReader._slab = reading, joining
+_reader.ChunkReader.make = classmethod(recorded)
+for kind in (_reader.TileReader, _reader.RowReader):
+    def reading(self, k, unit, read=kind._read):
+        return track(read(self, k, unit))
+    kind._read = reading
 
 spills = {"count": 0, "bytes": 0}
 write = _accumulate.Spill._write
@@ -145,10 +152,23 @@ elapsed = time.perf_counter() - t
 peak = status("VmHWM")
 size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(out) for f in fs)
 shutil_rm(out)
+stats = {"reader": "", "units_max": 0, "budget_mib": 0.0, "accounted_mib": 0.0,
+         "decodes_max": 0, "decodes_mean": 0.0}
+streamed = [r for r in readers if r is not None and r.schedule is not None]
+if streamed:
+    r = streamed[-1]
+    s = r.schedule
+    # a row of stored chunks holds many chunks, each decoded with it: per stored chunk,
+    # a row's decodes
+    reads = np.array(list(s.reads.values()))
+    stats = {"reader": "tiles" if isinstance(r, _reader.TileReader) else "rows",
+             "units_max": s.peak_tiles, "budget_mib": min(s.budget, 2**62) / 2**20,
+             "accounted_mib": s.peak_bytes / 2**20, "decodes_max": int(reads.max()),
+             "decodes_mean": float(reads.mean())}
 print(json.dumps({"n": n, "source": source, "s": elapsed, "write_s": written, "before": before,
                   "peak": peak, "working": peak - before, "spills": spills["count"],
                   "spill_gib": spills["bytes"] / 2**30, "out_mib": size / 2**20,
-                  "reader_mib": held["max"] / 2**20, "joined_gib": held["copied"] / 2**30}))
+                  "reader_mib": held["max"] / 2**20, **stats}))
 """
 
 
@@ -181,14 +201,16 @@ def main() -> None:
     print(f"source {args.source}, budget {args.budget}\n")
     print(
         "| size | voxels (M) | s | RSS before MiB | peak MiB | working MiB"
-        " | spills | spill GiB | out MiB | reader MiB | joined GiB |"
+        " | spills | spill GiB | out MiB | reader | held at most | reader MiB | decodes per chunk |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("|" + " ---: |" * 9 + " :--- |" + " ---: |" * 3)
     for r in rows:
         print(
             f"| {r['n']}^3 | {r['n'] ** 3 / 1e6:.0f} | {r['s']:.1f} | {r['before']:.0f} |"
             f" {r['peak']:.0f} | {r['working']:.0f} | {r['spills']} | {r['spill_gib']:.1f} |"
-            f" {r['out_mib']:.0f} | {r['reader_mib']:.0f} | {r['joined_gib']:.1f} |"
+            f" {r['out_mib']:.0f} | {r.get('reader', '')} | {r.get('units_max', 0)} |"
+            f" {r['reader_mib']:.0f} | {r.get('decodes_max', 0)} max,"
+            f" {r.get('decodes_mean', 0):.2f} mean |"
         )
     if len(rows) >= 2:
         import numpy as np
