@@ -685,3 +685,62 @@ def test_cluster_to_zarr(client, tmp_path):
     back = xr.open_zarr(path)["pred"]
     assert back.chunks == ((20, 20, 20), (30, 30))
     assert_same(back.compute(), da.patch.apply(lambda p: p.max("band"), **kw).rename("pred"))
+
+
+# --- worker memory: a group task holds what its windows reach --------------------------
+def _eight_classes(p):
+    return np.stack([p.values * (k + 1) for k in range(8)]).astype("float32")
+
+
+def test_a_group_task_allocates_only_the_boxes_its_windows_reach():
+    # windows starting in block (0, 0) (starts 0, 24, 48 of size 32) reach 16 into the
+    # blocks right of and below it: the task must not hold those blocks whole (8 classes
+    # x 64 x 64 float32 = 128 KiB each), only their covered margins
+    import tracemalloc
+
+    da = image((128, 128)).chunk(64)
+    out = da.patch.apply(_eight_classes, y=32, x=32, step=24, output_dims=("class", "y", "x")).data
+    dsk = dict(out.__dask_graph__())
+    (group,) = [
+        k for k in dsk if isinstance(k, tuple) and "xpatch-group" in k[0] and k[1:] == (0, 0)
+    ]
+    inputs = {k: dask.get(dsk, k) for k in get_dependencies(dsk, group)}
+    task = dsk[group]
+    args = [
+        inputs.get(a, dsk.get(a, a)) if isinstance(a, (str, tuple)) and a in dsk else a
+        for a in task[1:]
+    ]
+    tracemalloc.start()
+    try:
+        partials = task[0](*args)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    boxes = {
+        c: part[0] for c, part in partials.items() if isinstance(c, tuple) and c != ("dropped",)
+    }
+    assert boxes == {
+        (0, 0): (slice(0, 64), slice(0, 64)),
+        (0, 1): (slice(0, 64), slice(0, 16)),
+        (1, 0): (slice(0, 16), slice(0, 64)),
+        (1, 1): (slice(0, 16), slice(0, 16)),
+    }
+    # the classes over the 80 x 80 the windows reach are 200 KiB, with the results and
+    # weights in flight about 400 KiB; the four blocks whole alone would be 512 KiB
+    assert peak < 4 * 8 * 64 * 64 * 4, peak
+
+
+def test_the_block_of_a_group_waits_for_every_part_cut_from_it():
+    # so that dask releases the group's partial sums with its own block, not a slab of
+    # blocks later when its farthest neighbour runs
+    da = image((192, 192)).chunk(64)
+    out = da.patch.apply(lambda p: p * 2, y=32, x=32, step=24).data
+    dsk = dict(out.__dask_graph__())
+    parts = [k for k in dsk if isinstance(k, tuple) and "xpatch-part" in k[0]]
+    assert parts
+    for part in parts:
+        group = part[1:3]
+        (block,) = [
+            k for k in dsk if isinstance(k, tuple) and "xpatch-block" in k[0] and k[1:] == group
+        ]
+        assert part in get_dependencies(dsk, block)

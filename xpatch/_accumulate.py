@@ -46,8 +46,17 @@ class Accumulator:
         The result layout, when known; else set once the first result fixed it.
     """
 
-    def __init__(self, plan: BlendPlan, blender: Blender, spec: ResultSpec | None = None) -> None:
+    def __init__(
+        self,
+        plan: BlendPlan,
+        blender: Blender,
+        spec: ResultSpec | None = None,
+        frames: dict[ChunkPosition, list[tuple[int, int]]] | None = None,
+    ) -> None:
         self.plan = plan
+        # per chunk, the box [start, stop) per spatial dim that its buffers hold, if not
+        # the whole chunk (a dask group task holds only what its windows reach)
+        self.frames = frames
         self.dims = plan.grid.dims
         self.blender = blender
         self.spec = spec
@@ -56,7 +65,7 @@ class Accumulator:
         self.zero_weights = plan.weights.has_zeros  # (a custom weight is checked per patch)
         self.buffers: dict[ChunkPosition, dict[Hashable, np.ndarray]] = {}  # open, in memory
         # open chunks beyond the memory budget wait on disk (several chunks only)
-        self.spill = Spill(memory_budget()) if not plan.layout.single else None
+        self.spill = Spill(memory_budget()) if not plan.layout.single and not frames else None
         # per open chunk (spilled or not): the box the windows added so far cover, per
         # spatial dim [start, stop) in the chunk; only that part goes to disk
         self.boxes: dict[ChunkPosition, list[tuple[int, int]]] = {}
@@ -72,13 +81,19 @@ class Accumulator:
         """Zeroed buffers for chunk ``cpos``."""
         spec = self.spec
         assert spec is not None
-        extent = dict(zip(self.dims, self.plan.layout.chunk_shape(cpos)))
+        extent = dict(zip(self.dims, self._shape(cpos)))
         out = {
             name: np.zeros(spec.shape(name, extent), dtype=accumulation_dtype(spec.dtype[name]))
             for name in spec.dims
         }
         self.buffer_bytes = max(self.buffer_bytes, sum(b.nbytes for b in out.values()))
         return out
+
+    def _shape(self, cpos: ChunkPosition) -> tuple[int, ...]:
+        """The spatial shape of chunk ``cpos``'s buffers (its frame, if it has one)."""
+        if self.frames is not None:
+            return tuple(b - a for a, b in self.frames[cpos])
+        return self.plan.layout.chunk_shape(cpos)
 
     def take(
         self, cpos: ChunkPosition, partial: bool
@@ -206,6 +221,11 @@ class Accumulator:
             if tally.finished[tally.flat(cpos) if flat is None else flat]:
                 continue
             parts = self.placement.parts(window.position, cpos)
+            if self.frames is not None:  # destinations relative to the chunk's frame
+                parts = [
+                    (pt[0], slice(pt[1].start - a, pt[1].stop - a), *pt[2:])
+                    for pt, (a, _) in zip(parts, self.frames[cpos])
+                ]
             buffers = self.buffers.get(cpos)
             if buffers is None:
                 buffers = self._open(cpos)
@@ -223,7 +243,7 @@ class Accumulator:
                 part_weight = custom_weight[tuple(pt[0] for pt in parts)]
                 if cpos not in self.weight_sums:
                     dtype = accumulation_dtype(next(iter(spec.dtype.values())))
-                    shape = self.plan.layout.chunk_shape(cpos)
+                    shape = self._shape(cpos)
                     self.weight_sums[cpos] = np.zeros(shape, dtype=dtype)
                 self.weight_sums[cpos][tuple(pt[1] for pt in parts)] += part_weight
             for name, (dims, data) in variables.items():

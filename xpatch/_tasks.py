@@ -73,7 +73,9 @@ def _group_task(
     if grid.kept is not None:
         windows = [w for w in windows if grid.kept[w.index]]
     dropped: list[int] = []
-    acc = Accumulator(plan, Blender(threads=1), spec)
+    acc = Accumulator(
+        plan, Blender(threads=1), spec, _frames(layout, [grid[w.index] for w in windows])
+    )
     tally = Tally(len(grid), np.zeros(layout.shape, dtype=np.int64))
     options = shared.options
 
@@ -156,7 +158,7 @@ def _group_task(
             )
             for window, (variables, _) in zip(group, unbatched):
                 add(window, variables)
-    partials = _partials(acc, [grid[w.index] for w in windows])
+    partials = _partials(acc)
     if dropped:
         partials[DROPPED] = dropped  # type: ignore[assignment]
     return partials
@@ -165,33 +167,36 @@ def _group_task(
 DROPPED = ("dropped",)  # the key of the windows a predicate dropped, in a group's partials
 
 
-def _partials(
-    acc: Accumulator, windows: Sequence[Window]
-) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
-    """Cut each touched block's sums to the box the windows reach (copies: the thin
-    overlaps are all that travels to the neighbouring block tasks)."""
-    layout = acc.plan.layout
-    spec = acc.spec
-    assert spec is not None
-    out: dict[Any, Any] = {}
+def _frames(layout: Any, windows: Sequence[Window]) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+    """Per output block the windows touch, the box of it they reach (per spatial dim,
+    [start, stop) within the block): a group task's buffers hold only that much."""
     if not windows:
-        return out
+        return {}
     lo = np.min([[s.start for s in w.slices] for w in windows], axis=0)
     hi = np.max([[s.stop for s in w.slices] for w in windows], axis=0)
+    frames = {}
+    for w in windows:
+        for cpos in layout.touched(w.position):
+            if cpos in frames:
+                continue
+            region = list(layout.region(cpos).values())
+            frames[cpos] = [
+                (max(int(a), r.start) - r.start, min(int(b), r.stop) - r.start)
+                for a, b, r in zip(lo, hi, region)
+            ]
+    return frames
+
+
+def _partials(
+    acc: Accumulator,
+) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
+    """Each touched block's sums over the box the windows reach (the accumulator's
+    buffers hold just that box: only the thin overlaps travel to neighbouring blocks)."""
+    frames = acc.frames or {}
+    out: dict[Any, Any] = {}
     for cpos, buffers in acc.buffers.items():
-        region = list(layout.region(cpos).values())
-        box = tuple(
-            slice(max(int(a), r.start) - r.start, min(int(b), r.stop) - r.start)
-            for a, b, r in zip(lo, hi, region)
-        )
-        cut = {}
-        for name, buf in buffers.items():
-            index = [slice(None)] * buf.ndim
-            for ax, sl in zip(spec.axes[name], box):
-                index[ax] = sl
-            cut[name] = buf[tuple(index)].copy()
-        weight_sum = acc.weight_sums.get(cpos)
-        out[cpos] = (box, cut, None if weight_sum is None else weight_sum[box].copy())
+        box = tuple(slice(a, b) for a, b in frames[cpos])
+        out[cpos] = (box, dict(buffers), acc.weight_sums.get(cpos))
     return out
 
 
@@ -205,9 +210,15 @@ def _block_task(
     cpos: tuple[int, ...],
     template: xr.Dataset | None,
     order: Mapping[Hashable, tuple[Hashable, ...]],
+    cut: list[Any],
     *partials: dict[tuple[int, ...], Any],
 ) -> dict[Hashable, np.ndarray]:
-    """Sum the partial sums of one output block, finish it and return its arrays."""
+    """Sum the partial sums of one output block, finish it and return its arrays.
+
+    ``cut`` (unused) are the parts of this block's own group cut for other blocks: as
+    dependencies they make dask cut them before this block, so the group's partial sums
+    can be released with it.
+    """
     plan, spec = shared.plan, shared.spec
     acc = Accumulator(plan, Blender(threads=1), spec)
     buffers = acc.new(cpos)

@@ -393,23 +393,33 @@ class _GraphBuilder:
         template = xr.Dataset(coords=self.template.coords, attrs=self.template.attrs)
         on_chunk = self.options.blend.on_chunk is not None
         order = {name: dims for name, (dims, _) in out_vars.items()}
+        parts_of: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+        cut_from: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         for cpos in self.layout.chunks():
-            region = self.layout.region(cpos)
-            parts = []
+            parts_of[cpos] = []
             for g in touching[cpos]:
                 if g == cpos:
-                    parts.append((self.group_name, *g))
+                    parts_of[cpos].append((self.group_name, *g))
                     continue
                 # the thin part for this block, taken where the group ran: only it travels
                 key = (self.part_name, *g, *cpos)
                 dsk[key] = (_part_of, (self.group_name, *g), cpos)
-                parts.append(key)
+                parts_of[cpos].append(key)
+                cut_from.setdefault(g, []).append(key)
+        for cpos, parts in parts_of.items():
+            # the block of a group waits until every part of that group is cut, so the
+            # group's partial sums are released with the block, not when its farthest
+            # neighbour runs (a slab of groups later): dask runs the thin cuts early
+            cut = cut_from.get(cpos, [])
             dsk[(self.block_name, *cpos)] = (
                 _block_task,
                 self.shared_key,
                 cpos,
-                template.isel(region, missing_dims="ignore") if on_chunk else None,
+                template.isel(self.layout.region(cpos), missing_dims="ignore")
+                if on_chunk
+                else None,
                 order,
+                cut,
                 *parts,
             )
         return dsk, out_vars, out_meta
