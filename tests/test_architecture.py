@@ -177,3 +177,22 @@ def test_one_module_per_concern_stays_small():
     for path in PACKAGE_DIR.glob("*.py"):
         n = len(path.read_text().splitlines())
         assert n <= 620, f"{path.name} has {n} lines"
+
+
+def test_import_xpatch_loads_no_heavy_library_beyond_xarray():
+    # import xpatch must stay cheap (issue 21: < 100 ms over import xarray): scipy's
+    # ndimage/sparse/signal, dask.array, distributed, zarr, torch and matplotlib are
+    # imported where first needed, never at import time
+    import subprocess
+
+    code = (
+        "import sys, xarray\n"
+        "before = set(sys.modules)\n"
+        "import xpatch\n"
+        "new = sorted(set(sys.modules) - before)\n"
+        "heavy = ('scipy', 'dask.array', 'distributed', 'zarr', 'torch', 'matplotlib',"
+        " 'netCDF4', 'h5py')\n"
+        "print([m for m in new if m.startswith(heavy)])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]", run.stdout

@@ -26,9 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from xpatch.grid import PatchGrid, Window
 
@@ -167,6 +164,8 @@ def keep(labels: np.ndarray, window: Window, cores: Cores) -> np.ndarray:
         _, dense = np.unique(labels, return_inverse=True)
         labels = dense.reshape(labels.shape)
         top = int(labels.max())
+    from scipy import ndimage  # (imported when first needed: it costs ~0.4 s)
+
     boxes = ndimage.find_objects(labels)
     present = np.array([b is not None for b in boxes], dtype=bool)
     ids = np.flatnonzero(present) + 1
@@ -369,6 +368,9 @@ class Equivalence:
         nodes = np.unique(np.concatenate([present, merged.ravel()]))
         if not len(present):  # no object: N = 0
             return present, np.zeros(0, smallest_uint(0))
+        from scipy.sparse import coo_matrix
+        from scipy.sparse.csgraph import connected_components
+
         ends = np.searchsorted(nodes, merged)
         graph = coo_matrix(
             (np.ones(len(ends), np.int8), (ends[:, 0], ends[:, 1])),
