@@ -248,6 +248,12 @@ def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks):
         # a part of a block is cut by a strip task where the block is (only it travels)
         strips = {k for k in deps if isinstance(k, tuple) and k[0].startswith("xpatch-strip")}
         deps = (deps - strips) | {dsk[k][1] for k in strips}
+        # the groups behind along one dim run first: the parts they cut for this block
+        behind = {k for k in deps if isinstance(k, tuple) and k[0].startswith("xpatch-part")}
+        for k in behind:
+            g, target = k[1:3], k[3:5]
+            assert target == key[1:] and sum(a != b for a, b in zip(g, target)) == 1, (key, k)
+        deps -= behind
         inputs = {k for k in deps if isinstance(k, tuple) and k[0] == input_name}
         others = deps - inputs
         # anything else must be a constant (func, the plan), never data or other tasks
@@ -744,3 +750,30 @@ def test_the_block_of_a_group_waits_for_every_part_cut_from_it():
             k for k in dsk if isinstance(k, tuple) and "xpatch-block" in k[0] and k[1:] == group
         ]
         assert part in get_dependencies(dsk, block)
+
+
+class _LiveGroups(Callback):
+    """The most group results held at once while dask computes."""
+
+    def __init__(self):
+        super().__init__()
+        self.peak = 0
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        held = sum(1 for k in state["cache"] if isinstance(k, tuple) and "xpatch-group" in k[0])
+        self.peak = max(self.peak, held)
+
+
+def test_group_results_are_released_as_the_groups_run():
+    # 6^3 blocks: a group's partial sums (its block and the margins of the blocks ahead)
+    # are released once its own block is finished; groups run in a wavefront (each after
+    # the groups behind it), so only a few are held at once, whatever the volume (they
+    # were held until the farthest neighbour's block ran: 45 of 216 here)
+    arr = dsa.random.RandomState(0).random_sample((96, 96, 96), chunks=16).astype("float32")
+    da = xr.DataArray(arr, dims=("z", "y", "x")).persist(scheduler="sync")
+    out = da.patch.apply(lambda p: p * 2, z=8, y=8, x=8, step=6, weights="gaussian")
+    with _LiveGroups() as live:
+        got = out.compute(scheduler="sync")
+    assert live.peak <= 3, live.peak
+    expected = da.compute().patch.apply(lambda p: p * 2, z=8, y=8, x=8, step=6, weights="gaussian")
+    xr.testing.assert_allclose(got, expected)

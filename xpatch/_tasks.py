@@ -52,13 +52,16 @@ def _group_task(
     ranges: tuple[range, ...],
     block_ids: list[list[tuple[int, ...]]],
     area: tuple[dict[Hashable, int], xr.Dataset] | None,
+    behind: list[Any],
     *blocks: np.ndarray,
 ) -> dict[tuple[int, ...], tuple[tuple[slice, ...], dict[Hashable, np.ndarray], Any]]:
     """Compute the windows at the grid positions in ``ranges``; return partial sums.
 
     ``blocks`` are the input blocks the windows read, per variable in the order of
     ``block_ids``; ``area``: the coordinates with several spatial dims (2-D lat/lon)
-    over the part of the source the windows read, and where that part starts. Returns,
+    over the part of the source the windows read, and where that part starts;
+    ``behind`` (unused): the parts the groups behind this one along each dim cut for
+    its block, a dependency that makes groups run in a wavefront. Returns,
     per output block touched, the box of it the windows reach (spatial slices within
     the block) and the weighted sums there (and the summed custom weights).
     """

@@ -358,6 +358,7 @@ class _GraphBuilder:
                 for c, r in groups.items()
                 if kept.reshape(shape)[tuple(slice(q.start, q.stop) for q in r)].any()
             }
+        group_args: dict[tuple[int, ...], Any] = {}
         for cpos, ranges in groups.items():
             block_ids, boxes = self._blocks_read(ranges)
             keys = []
@@ -370,15 +371,7 @@ class _GraphBuilder:
                     strip = (self.strip_name, *cpos, k, *key)
                     dsk[strip] = (Strip.of, (arr.name, *key), box)
                     keys.append(strip)
-            dsk[(self.group_name, *cpos)] = (
-                _group_task,
-                self.func_key,
-                self.shared_key,
-                ranges,
-                block_ids,
-                self._area(ranges),
-                *keys,
-            )
+            group_args[cpos] = (ranges, block_ids, self._area(ranges), keys)
         # which groups reach each block: their windows touch it
         touching: dict[tuple[int, ...], list[tuple[int, ...]]] = {
             c: [] for c in self.layout.chunks()
@@ -406,6 +399,26 @@ class _GraphBuilder:
                 dsk[key] = (_part_of, (self.group_name, *g), cpos)
                 parts_of[cpos].append(key)
                 cut_from.setdefault(g, []).append(key)
+        for cpos, (ranges, block_ids, area, keys) in group_args.items():
+            # a group runs after its neighbours behind it along each dim: the parts they
+            # cut for its block (needed there anyway) are its unused arguments, so groups
+            # run in a wavefront and each block can be finished right after its group
+            behind = [
+                key
+                for key in parts_of[cpos]
+                if key[0] == self.part_name
+                and sum(a != b for a, b in zip(key[1 : 1 + len(cpos)], cpos)) == 1
+            ]
+            dsk[(self.group_name, *cpos)] = (
+                _group_task,
+                self.func_key,
+                self.shared_key,
+                ranges,
+                block_ids,
+                area,
+                behind,
+                *keys,
+            )
         for cpos, parts in parts_of.items():
             # the block of a group waits until every part of that group is cut, so the
             # group's partial sums are released with the block, not when its farthest
