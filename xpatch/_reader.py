@@ -1,24 +1,27 @@
-"""Reading patches from lazily opened files: stored chunks held as tiles, read ahead.
+"""Reading patches from lazily opened files: stored chunks decoded once, read ahead.
 
 A zarr store or a netCDF/HDF5 file opened with xarray (without dask) is read through
 xarray's lazy indexing: cutting every patch with ``isel`` decodes every stored chunk
 the patch touches, again for every overlapping patch (with a half-patch step, each
 chunk about eight times in 3-D). Here the patches of a run are cut, following each
-window's :class:`~xpatch._sampling.CutPlan`, from *tiles*: the source's stored chunks
-(their extent in every spatial dim, the other dims whole), each read with one
-``isel`` and decoded once:
+window's :class:`~xpatch._sampling.CutPlan`, from units of stored chunks, each read
+with one ``isel`` and decoded once:
 
-- a tile is read when the first window that needs it comes within reach and dropped
-  after the last one (the run's window order is known in advance); under a byte
-  budget, the tile whose next use comes last is dropped first and read again when
-  needed (:class:`~xpatch._tiles.TileSchedule`), so memory depends on the chunk and
-  patch sizes, never on the volume;
-- each patch is copied from the tiles it touches (a window inside one tile is a
-  read-only view of it); a padded window gathers the parts of the tiles its indices
-  touch, then takes its indices from them;
-- tiles are read ahead by helper threads (``ahead`` windows) while ``func`` runs on
-  the current patch: reading overlaps the model, in the order of the run, and an
-  error in reading surfaces at the window that needed the tile.
+- :class:`RowReader`: rows of stored chunks along the grid's first spatial dim (the
+  other dims whole), joined into a slab per grid row of which patches are views;
+  taken where the rows a window and the read-ahead span fit the reader's budget
+  (the faster of the two: no copy per patch);
+- :class:`TileReader`: tiles, the stored chunks themselves (the non-spatial dims
+  whole); each patch is copied from the tiles it touches (a window inside one tile
+  is a view of it); memory depends on the chunk and patch sizes, never on the volume.
+
+A unit is read when the first window that needs it comes within reach and dropped
+after the last one (the run's window order is known in advance); under the byte
+budget the unit whose next use comes last is dropped first and read again when
+needed (:class:`~xpatch._tiles.TileSchedule`). Units are read ahead by helper threads
+(``ahead`` windows) while ``func`` runs on the current patch: reading overlaps the
+model, in the order of the run, and an error in reading surfaces at the window that
+needed the unit.
 
 Used by ``apply`` for lazy, non-dask sources whose variables say how they are
 chunked (``encoding["preferred_chunks"]``, set by xarray's zarr and netCDF backends).
