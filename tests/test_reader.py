@@ -385,3 +385,35 @@ print("imported" if "dask.array" in sys.modules else "not imported")
     if run.stdout.startswith("SKIP"):
         pytest.skip(run.stdout.strip())
     assert run.stdout.strip() == "not imported"
+
+
+def test_a_cut_assembled_from_tiles_is_the_indexed_array():
+    # pure planning (_tiles): any chunking, slices and padded (integer) indexers per axis
+    from xpatch._sampling import take
+
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        shape = tuple(int(n) for n in rng.integers(1, 14, size=rng.integers(1, 4)))
+        arr = rng.integers(0, 100, shape)
+        chunks = [tuple(np.diff(np.unique([0, *rng.integers(1, n + 1, 3), n]))) for n in shape]
+        edges = [_tiles.edges_of(c) for c in chunks]
+        tiles = {}
+        for index in np.ndindex(*(len(c) for c in chunks)):
+            box = tuple(slice(int(e[t]), int(e[t + 1])) for e, t in zip(edges, index))
+            tiles[index] = arr[box]
+        indexers = []
+        for n in shape:
+            if rng.random() < 0.5:
+                a = int(rng.integers(0, n))
+                indexers.append(slice(a, int(rng.integers(a + 1, n + 1))))
+            else:  # a padded window: wrapped, reflected or repeated positions
+                indexers.append(rng.integers(0, n, size=int(rng.integers(1, 2 * n + 2))))
+        cut = _tiles.Cut.of([_tiles.axis_cut(e, ix) for e, ix in zip(edges, indexers)])
+        box = cut.assemble(tiles.__getitem__, arr.dtype)
+        got = take(box, cut.local, [])
+        want = arr
+        for axis, ix in enumerate(indexers):
+            want = want[(slice(None),) * axis + (ix,)]
+        np.testing.assert_array_equal(got, want)
+        # the box holds only the spans of the tiles the indices touch
+        assert box.size <= arr.size
