@@ -36,6 +36,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import xpatch  # noqa: F401  (registers the accessor)
+from xpatch import parallel
 
 BORDERS = ("squeeze", "edge", "adaptive", "crop", "pad")
 PAD_MODES = ("constant", "edge", "reflect", "symmetric", "wrap")
@@ -230,7 +231,12 @@ def test_integer_input_declares_the_computed_dtype():
         ("pad", "wrap", {"y": 10, "x": 6}),
     ],
 )
-def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks):
+@pytest.mark.parametrize("thin_tasks", [True, False])
+def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks, thin_tasks, monkeypatch):
+    # thin_tasks: cuts get tasks of their own however little they save (large blocks);
+    # else (small blocks, as here) whole blocks and group results travel
+    if thin_tasks:
+        monkeypatch.setattr(parallel, "THIN_BYTES", 0)
     da = image((2, 48, 40), ("band", "y", "x")).chunk({"band": 1, **chunks})
     kw = {"border": border, "pad_mode": pad_mode} if pad_mode else {"border": border}
     out = da.patch.apply(lambda p: p, y=12, x=9, step=7, **kw)
@@ -248,8 +254,10 @@ def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks):
         # a part of a block is cut by a strip task where the block is (only it travels)
         strips = {k for k in deps if isinstance(k, tuple) and k[0].startswith("xpatch-strip")}
         deps = (deps - strips) | {dsk[k][1] for k in strips}
-        # the groups behind along one dim run first: the parts they cut for this block
+        # with thin tasks, the groups behind along one dim run first: the parts they cut
+        # for this block are its (unused) arguments
         behind = {k for k in deps if isinstance(k, tuple) and k[0].startswith("xpatch-part")}
+        assert thin_tasks or not behind
         for k in behind:
             g, target = k[1:3], k[3:5]
             assert target == key[1:] and sum(a != b for a, b in zip(g, target)) == 1, (key, k)
@@ -698,11 +706,11 @@ def _eight_classes(p):
     return np.stack([p.values * (k + 1) for k in range(8)]).astype("float32")
 
 
-def test_a_group_task_allocates_only_the_boxes_its_windows_reach():
+def test_a_group_task_allocates_only_the_boxes_its_windows_reach(monkeypatch):
     # windows starting in block (0, 0) (starts 0, 24, 48 of size 32) reach 16 into the
     # blocks right of and below it: the task must not hold those blocks whole (8 classes
     # x 64 x 64 float32 = 128 KiB each), only their covered margins
-    import tracemalloc
+    from xpatch._accumulate import Accumulator
 
     da = image((128, 128)).chunk(64)
     out = da.patch.apply(_eight_classes, y=32, x=32, step=24, output_dims=("class", "y", "x")).data
@@ -716,12 +724,16 @@ def test_a_group_task_allocates_only_the_boxes_its_windows_reach():
         inputs.get(a, dsk.get(a, a)) if isinstance(a, (str, tuple)) and a in dsk else a
         for a in task[1:]
     ]
-    tracemalloc.start()
-    try:
-        partials = task[0](*args)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    allocated = []
+    new = Accumulator.new
+
+    def recording(self, cpos):
+        buffers = new(self, cpos)
+        allocated.extend((cpos, b.shape) for b in buffers.values())
+        return buffers
+
+    monkeypatch.setattr(Accumulator, "new", recording)
+    partials = task[0](*args)
     boxes = {
         c: part[0] for c, part in partials.items() if isinstance(c, tuple) and c != ("dropped",)
     }
@@ -731,12 +743,16 @@ def test_a_group_task_allocates_only_the_boxes_its_windows_reach():
         (1, 0): (slice(0, 16), slice(0, 64)),
         (1, 1): (slice(0, 16), slice(0, 16)),
     }
-    # the classes over the 80 x 80 the windows reach are 200 KiB, with the results and
-    # weights in flight about 400 KiB; the four blocks whole alone would be 512 KiB
-    assert peak < 4 * 8 * 64 * 64 * 4, peak
+    assert sorted(allocated) == [
+        ((0, 0), (8, 64, 64)),
+        ((0, 1), (8, 64, 16)),
+        ((1, 0), (8, 16, 64)),
+        ((1, 1), (8, 16, 16)),
+    ]
 
 
-def test_the_block_of_a_group_waits_for_every_part_cut_from_it():
+def test_the_block_of_a_group_waits_for_every_part_cut_from_it(monkeypatch):
+    monkeypatch.setattr(parallel, "THIN_BYTES", 0)  # parts as tasks, as for large blocks
     # so that dask releases the group's partial sums with its own block, not a slab of
     # blocks later when its farthest neighbour runs
     da = image((192, 192)).chunk(64)
@@ -764,7 +780,8 @@ class _LiveGroups(Callback):
         self.peak = max(self.peak, held)
 
 
-def test_group_results_are_released_as_the_groups_run():
+def test_group_results_are_released_as_the_groups_run(monkeypatch):
+    monkeypatch.setattr(parallel, "THIN_BYTES", 0)  # parts as tasks, as for large blocks
     # 6^3 blocks: a group's partial sums (its block and the margins of the blocks ahead)
     # are released once its own block is finished; groups run in a wavefront (each after
     # the groups behind it), so only a few are held at once, whatever the volume (they
@@ -777,3 +794,24 @@ def test_group_results_are_released_as_the_groups_run():
     assert live.peak <= 3, live.peak
     expected = da.compute().patch.apply(lambda p: p * 2, z=8, y=8, x=8, step=6, weights="gaussian")
     xr.testing.assert_allclose(got, expected)
+
+
+def test_small_blocks_make_no_thin_cut_tasks():
+    # cutting a strip of a 48 KiB block, or a part of a small group's sums, saves less
+    # than scheduling the cut costs: whole blocks travel, and the graph stays small
+    da = image((192, 192)).chunk(64)
+    dsk = dict(da.patch.apply(lambda p: p * 2, y=32, x=32, step=24).data.__dask_graph__())
+    names = {k[0].split("-")[1] for k in dsk if isinstance(k, tuple)}
+    assert "strip" not in names and "part" not in names, names
+
+
+def test_large_blocks_cut_thin_strips_and_parts():
+    # 8 MiB input blocks and 8-class output blocks: only the thin parts travel
+    arr = dsa.zeros((256, 256, 256), chunks=128, dtype="float32")
+    da = xr.DataArray(arr, dims=("z", "y", "x"))
+    out = da.patch.apply(
+        _eight_classes, z=64, y=64, x=64, step=48, output_dims=("class", "z", "y", "x")
+    )
+    dsk = dict(out.data.__dask_graph__())
+    names = {k[0].split("-")[1] for k in dsk if isinstance(k, tuple)}
+    assert {"strip", "part"} <= names, names
