@@ -195,6 +195,24 @@ def vm_hwm_mib() -> float:
     return peak_mib()
 
 
+def local_cluster(n: int, **extra):
+    """A ``LocalCluster`` of ``n`` one-thread worker processes and its client, with
+    xpatch imported on every worker."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        silence_logs=40,
+        **extra,
+    )
+    client = Client(cluster, set_as_default=False)
+    client.run(lambda: __import__("xpatch"))
+    return cluster, client
+
+
 def sent_bytes(dask_worker) -> int:
     """Bytes this worker has sent (``get_data``) since it started."""
     return dask_worker.transfer_outgoing_bytes_total
@@ -230,7 +248,7 @@ def compare(args: argparse.Namespace) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     import numpy as np
-    from distributed import Client, LocalCluster, futures_of, wait
+    from distributed import futures_of, wait
 
     import xpatch  # noqa: F401
 
@@ -252,15 +270,7 @@ def compare(args: argparse.Namespace) -> dict:
     ctx = multiprocessing.get_context("spawn")
     try:
         for n in (1, 2):
-            clusters[n] = LocalCluster(
-                n_workers=n,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=40,
-            )
-            clients[n] = Client(clusters[n], set_as_default=False)
-            clients[n].run(lambda: __import__("xpatch"))
+            clusters[n], clients[n] = local_cluster(n)
             with clients[n].as_current():
                 persisted = clients[n].persist(image)
                 overlap_in = clients[n].persist(image.data.rechunk(args.step))

@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dask_scaling import peak_reset, sent_bytes, vm_hwm_mib
+from dask_scaling import local_cluster, peak_reset, sent_bytes, vm_hwm_mib
 
 CLASSES = 8
 
@@ -72,7 +72,7 @@ def main() -> None:
     import dask.array as dsa
     import numpy as np
     import xarray as xr
-    from distributed import Client, LocalCluster, futures_of, wait
+    from distributed import futures_of, wait
 
     import xpatch  # noqa: F401
 
@@ -93,16 +93,7 @@ def main() -> None:
     rows = []
     try:
         for w in (1, 2):
-            clusters[w] = LocalCluster(
-                n_workers=w,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                silence_logs=40,
-                memory_limit=0,
-            )
-            clients[w] = Client(clusters[w], set_as_default=False)
-            clients[w].run(lambda: __import__("xpatch"))
+            clusters[w], clients[w] = local_cluster(w, memory_limit=0)
             with clients[w].as_current():
                 persisted = clients[w].persist(image)
                 wait(futures_of(persisted))
