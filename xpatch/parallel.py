@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from xpatch._apply import Rescaled, crop_variables, unbatch, weights_hint
+from xpatch._dtypes import accumulation_dtype
 from xpatch._options import ApplyOptions
 from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
@@ -257,10 +258,10 @@ class _GraphBuilder:
         return groups
 
     def _blocks_read(
-        self, ranges: tuple[range, ...]
+        self, ranges: tuple[range, ...], boxes_too: bool = True
     ) -> tuple[list[list[tuple[int, ...]]], list[list[tuple[slice, ...] | None]]]:
         """Per source variable, the input blocks that the windows in ``ranges`` read,
-        and of each the box they read (None: all of it)."""
+        and of each the box they read (None: all of it, or not asked for)."""
         out, boxes = [], []
         for per_axis, arr in zip(self._blocks_per_position(), self.arrays):
             per_dim, spans = [], []
@@ -279,6 +280,9 @@ class _GraphBuilder:
             keys = list(itertools.product(*per_dim))
             out.append(keys)
             var_boxes: list[tuple[slice, ...] | None] = []
+            if not boxes_too:
+                boxes.append([None] * len(keys))
+                continue
             for key in keys:
                 box = tuple(span[b] for span, b in zip(spans, key))
                 whole = all(
@@ -360,15 +364,24 @@ class _GraphBuilder:
                 if kept.reshape(shape)[tuple(slice(q.start, q.stop) for q in r)].any()
             }
         group_args: dict[tuple[int, ...], Any] = {}
+        # thin cuts (strips of input blocks, parts of groups' sums) are tasks of their own
+        # only where a block's sums (of func's results, before any on_chunk) are large:
+        # there the work per group dwarfs a task's cost; with light blocks it does not
+        extent = dict(zip(self.grid.dims, self.layout.chunk_shape(next(self.layout.chunks()))))
+        thin = sum(
+            math.prod(spec.shape(name, extent)) * accumulation_dtype(spec.dtype[name]).itemsize
+            for name in spec.dims
+        )
+        strips = thin >= THIN_BYTES
         for cpos, ranges in groups.items():
-            block_ids, boxes = self._blocks_read(ranges)
+            block_ids, boxes = self._blocks_read(ranges, strips)
             keys = []
             for k, (arr, ids, var_boxes) in enumerate(zip(self.arrays, block_ids, boxes)):
                 for key, box in zip(ids, var_boxes):
                     if box is None:
                         keys.append((arr.name, *key))
                         continue
-                    if _saved(arr.chunks, key, box, arr.dtype.itemsize) < THIN_BYTES:
+                    if not strips or _share(arr.chunks, key, box) > 0.5:
                         keys.append((arr.name, *key))  # too little to save: not a task
                         continue
                     # a part of a block: cut where the block is, so only it travels
@@ -392,13 +405,6 @@ class _GraphBuilder:
         order = {name: dims for name, (dims, _) in out_vars.items()}
         parts_of: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         cut_from: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-        # thin parts get tasks of their own only where an output block's sums are large
-        per_voxel = sum(
-            max(data.dtype.itemsize, 4)
-            * math.prod(n for d, n in zip(dims, data.shape) if d not in self.grid.dims)
-            for dims, data in out_vars.values()
-        )
-        thin = math.prod(self.layout.chunk_shape(next(self.layout.chunks()))) * per_voxel
         for cpos in self.layout.chunks():
             parts_of[cpos] = []
             for g in touching[cpos]:
@@ -477,17 +483,18 @@ class _GraphBuilder:
         return assemble(lazy, out_meta, self.template, default_name=self.labels.name)
 
 
-# a thin cut (the part of an input block a group reads, the part of a group's sums a
-# neighbouring block needs) is a task of its own only when it saves moving at least
-# this many bytes: a task costs about a millisecond of scheduling on a distributed
-# cluster, about as long as moving a few MiB between workers on one host
-THIN_BYTES = 4 * 2**20
+# thin cuts (the part of an input block a group reads, the part of a group's sums a
+# neighbouring block needs) are tasks of their own only where a block's sums take at
+# least this many bytes (and a strip only where it is at most half its block): a task costs
+# about a millisecond of scheduling on a distributed cluster, about as long as moving a
+# few MiB between workers on one host, and a graph of light blocks is mostly tasks
+THIN_BYTES = 16 * 2**20
 
 
-def _saved(chunks: Any, key: tuple[int, ...], box: tuple[slice, ...], itemsize: int) -> int:
-    """Bytes a cut ``box`` of input block ``key`` saves over the whole block."""
+def _share(chunks: Any, key: tuple[int, ...], box: tuple[slice, ...]) -> float:
+    """The share of input block ``key`` that a cut ``box`` of it holds."""
     whole = math.prod(int(c[b]) for c, b in zip(chunks, key))
-    return (whole - math.prod(s.stop - s.start for s in box)) * itemsize
+    return math.prod(s.stop - s.start for s in box) / max(whole, 1)
 
 
 def apply_lazy(
