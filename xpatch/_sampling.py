@@ -23,6 +23,7 @@ from xpatch._structure import (
     source_dims,
     source_name,
 )
+from xpatch._tiles import axis_cut, edges_of
 from xpatch.grid import PatchGrid, Window
 
 
@@ -456,7 +457,7 @@ class BlockCut:
         """The cut of a variable with ``dims``, ``shape`` and dask ``chunks``."""
         blocks, cuts, local, out_shape = [], [], [], []
         for d, n, c in zip(dims, shape, chunks):
-            edges = np.concatenate([[0], np.cumsum(c)])
+            edges = edges_of(c)
             ix = plan.indexers.get(d, slice(0, int(n)))
             pieces, where = _axis_pieces(edges, ix)
             blocks.append([b for b, _ in pieces])
@@ -527,32 +528,9 @@ def take(arr: np.ndarray, local: Sequence[Any], masks: Sequence[tuple[int, np.nd
 
 def _axis_pieces(edges: np.ndarray, ix: Any) -> tuple[list[tuple[int, slice]], Any]:
     """The parts of input blocks one axis of a patch reads, and where the patch lies
-    in them (see :class:`BlockCut`)."""
-    if isinstance(ix, slice):
-        lo, hi = ix.start, ix.stop
-        b0 = int(np.searchsorted(edges, lo, side="right") - 1)
-        b1 = int(np.searchsorted(edges, hi, side="left"))
-        pieces = []
-        for b in range(b0, b1):
-            e0, e1 = int(edges[b]), int(edges[b + 1])
-            pieces.append((b, slice(max(lo, e0) - e0, min(hi, e1) - e0)))
-        return pieces, slice(None)
-    uniq = np.unique(ix)
-    blocks = np.searchsorted(edges, uniq, side="right") - 1
-    pieces, starts, offsets = [], {}, {}
-    offset = 0
-    for b in np.unique(blocks):
-        sel = uniq[blocks == b]
-        a, z = int(sel.min()), int(sel.max()) + 1
-        e0 = int(edges[b])
-        pieces.append((int(b), slice(a - e0, z - e0)))
-        starts[int(b)], offsets[int(b)] = a, offset
-        offset += z - a
-    of_ix = np.searchsorted(edges, ix, side="right") - 1
-    local = np.array(
-        [offsets[int(b)] + int(i) - starts[int(b)] for b, i in zip(of_ix, ix)], dtype=np.intp
-    )
-    return pieces, local
+    in them (see :class:`BlockCut`; the same cut as a file's tiles, :func:`axis_cut`)."""
+    blocks, parts, local, _ = axis_cut(edges, ix)
+    return list(zip(blocks, parts)), local
 
 
 @dataclass(frozen=True)

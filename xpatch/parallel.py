@@ -13,9 +13,13 @@ The graph is built directly, without ``map_overlap``, two tasks per output block
   block (its own and its lower neighbours'), fills, applies ``on_chunk`` and returns
   the block.
 
+Where a block's sums are heavy (``THIN_BYTES``), the thin parts of input blocks a
+group reads (*strip tasks*) and of a group's sums a neighbour needs (*part tasks*) are
+cut where their data lives, so only they move, and two data-free dependencies order
+the groups in a wavefront so each group's sums are released with its own block.
+
 The graph has O(blocks) tasks, each described by a few numbers (the per-window
 cuts are made inside the tasks), so it does not grow with the number of patches;
-the big partial sum stays with its block task, only the thin overlaps move; and
 no task holds the full array. The same graph runs on the threaded scheduler or a
 ``dask.distributed`` cluster.
 """
@@ -60,6 +64,7 @@ from xpatch._structure import (
     split,
 )
 from xpatch._tasks import _block_task, _group_task, _part_of, _Shared
+from xpatch._tiles import edges_of
 from xpatch.aggregate import Aggregator
 from xpatch.errors import ResultError, WeightsError
 from xpatch.grid import PatchGrid, Window
@@ -305,7 +310,7 @@ class _GraphBuilder:
                         per_axis.append((None, range(len(chunks))))
                         continue
                     i = self.grid.dims.index(d)
-                    edges = np.concatenate([[0], np.cumsum(chunks)])
+                    edges = edges_of(chunks)
                     blocks = [
                         _axis_pieces(edges, self.sampler.axis_indexer(i, p))[0]
                         for p in range(len(self.grid.axes[i].starts))
@@ -372,17 +377,14 @@ class _GraphBuilder:
             math.prod(spec.shape(name, extent)) * accumulation_dtype(spec.dtype[name]).itemsize
             for name in spec.dims
         )
-        strips = thin >= THIN_BYTES
+        cuts = thin >= THIN_BYTES
         for cpos, ranges in groups.items():
-            block_ids, boxes = self._blocks_read(ranges, strips)
+            block_ids, boxes = self._blocks_read(ranges, boxes_too=cuts)
             keys = []
             for k, (arr, ids, var_boxes) in enumerate(zip(self.arrays, block_ids, boxes)):
                 for key, box in zip(ids, var_boxes):
-                    if box is None:
-                        keys.append((arr.name, *key))
-                        continue
-                    if not strips or _share(arr.chunks, key, box) > 0.5:
-                        keys.append((arr.name, *key))  # too little to save: not a task
+                    if box is None or _share(arr.chunks, key, box) > 0.5:
+                        keys.append((arr.name, *key))  # whole, or too little to save
                         continue
                     # a part of a block: cut where the block is, so only it travels
                     strip = (self.strip_name, *cpos, k, *key)
@@ -408,7 +410,7 @@ class _GraphBuilder:
         for cpos in self.layout.chunks():
             parts_of[cpos] = []
             for g in touching[cpos]:
-                if g == cpos or thin < THIN_BYTES:
+                if g == cpos or not cuts:
                     parts_of[cpos].append((self.group_name, *g))
                     continue
                 # the thin part for this block, taken where the group ran: only it travels
@@ -425,9 +427,8 @@ class _GraphBuilder:
             # 2 workers a tenth of their speed-up on the 2-D benchmark)
             behind = [
                 key
-                for key in parts_of[cpos]
-                if thin >= THIN_BYTES
-                and sum(a != b for a, b in zip(key[1 : 1 + len(cpos)], cpos)) == 1
+                for key in (parts_of[cpos] if cuts else ())
+                if sum(a != b for a, b in zip(key[1 : 1 + len(cpos)], cpos)) == 1
             ]
             dsk[(self.group_name, *cpos)] = (
                 _group_task,
