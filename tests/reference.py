@@ -112,3 +112,16 @@ def ref_for(case, da, weights, f, **kw):
         f,
         **kw,
     )
+
+
+def same_partition(a, b) -> bool:
+    """Two label images are the same partition iff zeros coincide and the map between
+    their ids is a bijection on the nonzero elements."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    nz = a != 0
+    if not nz.any():
+        return True
+    pairs = np.unique(np.stack([a[nz], b[nz]]), axis=1)
+    return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
