@@ -125,3 +125,17 @@ def same_partition(a, b) -> bool:
         return True
     pairs = np.unique(np.stack([a[nz], b[nz]]), axis=1)
     return len(np.unique(pairs[0])) == pairs.shape[1] == len(np.unique(pairs[1]))
+
+
+def failing_at(n: int, func):
+    """``func``, except that its ``n``-th call raises ``RuntimeError("killed")`` (a run
+    interrupted part-way, to be resumed)."""
+    calls = {"n": 0}
+
+    def flaky(p):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("killed")
+        return func(p)
+
+    return flaky

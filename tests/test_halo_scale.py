@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from reference import failing_at
 from scipy.ndimage import gaussian_filter
 
 import xpatch  # noqa: F401
@@ -91,13 +92,7 @@ def test_halo_per_dim_chunks_batches_and_on_chunk():
 def test_halo_out_of_core_and_resume(tmp_path):
     da = raster()
     store = tmp_path / "blur.zarr"
-    calls = {"n": 0}
-
-    def flaky(p):
-        calls["n"] += 1
-        if calls["n"] == 9:
-            raise RuntimeError("killed")
-        return blur(p)
+    flaky = failing_at(9, blur)
 
     with pytest.raises(RuntimeError, match="killed"):
         da.patch.apply(flaky, y=32, x=32, step=24, halo=8, chunks=30, out=store)
@@ -228,13 +223,7 @@ def test_stale_georeference_is_dropped_and_rioxarray_recomputes_it():
 def test_resuming_with_another_halo_is_refused(tmp_path):
     da = raster()
     store = tmp_path / "blur.zarr"
-    calls = {"n": 0}
-
-    def flaky(p):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise RuntimeError("killed")
-        return blur(p)
+    flaky = failing_at(5, blur)
 
     keep = lambda p: True  # noqa: E731  (a predicate: no fingerprint check on resume)
     kw = dict(y=32, x=32, step=24, chunks=30, out=store, mask=keep)

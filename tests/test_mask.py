@@ -7,6 +7,7 @@ import pytest
 import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import failing_at
 
 import xpatch  # noqa: F401
 from xpatch import api
@@ -137,13 +138,7 @@ def test_out_of_core_with_resume(tmp_path):
     da = slide()
     mask = coarse_tissue(da)
     store = tmp_path / "masked.zarr"
-    calls = {"n": 0}
-
-    def flaky(p):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise RuntimeError("killed")
-        return p + 1
+    flaky = failing_at(6, lambda p: p + 1)
 
     kwargs = dict(y=16, x=16, step=12, mask=mask, chunks=40, out=store)
     with pytest.raises(RuntimeError, match="killed"):
