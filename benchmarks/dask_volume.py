@@ -24,6 +24,15 @@ Usage (from the repository root, venv active; prefix ``nice -n 10`` on a shared 
     python benchmarks/dask_volume.py --size 768 --rounds 1   # the issue's size, ~10 min
     python benchmarks/dask_volume.py --size 256 --rounds 1   # smoke run, ~30 s
 
+With ``--frontier``, one 1-worker cluster per size and memory limit instead: the input
+is generated on the worker block by block (not persisted), and the worker's peak RSS
+above its RSS after a small warm-up run is reported with what it spilled to disk. The
+parts of the groups' sums that wait for blocks ahead form a frontier that grows with the
+volume's cross-section; a ``memory_limit`` makes the worker spill them (dask's own
+spilling), which bounds its memory::
+
+    python benchmarks/dask_volume.py --frontier 256 384 512 640 --memory-limit 0 1GiB  # ~6 min
+
 Nothing is asserted; the table goes to stdout.
 """
 
@@ -67,7 +76,12 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--variants", default="xpatch,map_overlap")
+    parser.add_argument("--frontier", type=int, nargs="+", metavar="SIZE")
+    parser.add_argument("--memory-limit", nargs="+", default=["0", "1GiB"])
     args = parser.parse_args()
+    if args.frontier:
+        frontier(args)
+        return
 
     import dask.array as dsa
     import numpy as np
@@ -177,6 +191,76 @@ def main() -> None:
                 f"{', '.join(map(str, peak))} | {rs[0]['keys']} | "
                 f"{', '.join(sorted({r['sha1'] for r in rs}))} |"
             )
+
+
+def spilled(dask_worker) -> tuple[float, float]:
+    """Keys and bytes this worker has written to its spill directory since it started."""
+    metrics = getattr(dask_worker.data, "cumulative_metrics", {})
+    count = sum(
+        v for (label, unit), v in metrics.items() if label == "disk-write" and unit == "count"
+    )
+    nbytes = sum(
+        v for (label, unit), v in metrics.items() if label == "disk-write" and unit == "bytes"
+    )
+    return count, nbytes
+
+
+def frontier(args) -> None:
+    """One worker's peak memory against the volume's size, with and without a memory limit."""
+    import dask.array as dsa
+    import xarray as xr
+    from distributed import futures_of, wait
+
+    import xpatch  # noqa: F401
+
+    def run(client, n: int) -> tuple[float, float, tuple[float, float]]:
+        arr = dsa.random.RandomState(0).random_sample((n,) * 3, chunks=args.chunk)
+        image = xr.DataArray(arr.astype("float32"), dims=("z", "y", "x"), name="volume")
+        with client.as_current():
+            base = client.run(peak_reset)
+            spill0 = client.run(spilled)
+            t0 = time.perf_counter()
+            lazy = image.patch.apply(
+                lambda p: classes8(p.values),
+                dict.fromkeys(("z", "y", "x"), args.patch),
+                step=args.step,
+                weights="gaussian",
+                output_dims=("class", "z", "y", "x"),
+                chunks=args.chunk,
+                on_chunk=lambda c: c.argmax("class", skipna=False).astype("uint8"),
+            ).data
+            done = client.persist(lazy)
+            wait(futures_of(done))
+            wall = time.perf_counter() - t0
+            peak = client.run(vm_hwm_mib)
+            spill1 = client.run(spilled)
+        (k,) = peak
+        moved = tuple(b - a for a, b in zip(spill0[k], spill1[k]))
+        return wall, peak[k] - base[k], moved
+
+    rows = []
+    for limit in args.memory_limit:
+        for n in args.frontier:
+            cluster, client = local_cluster(1, memory_limit=0 if limit == "0" else limit)
+            try:
+                run(client, 2 * args.chunk)  # warm-up: imports and first-call costs
+                wall, peak, (keys, nbytes) = run(client, n)
+            finally:
+                client.close()
+                cluster.close()
+            rows.append((limit, n, wall, peak, keys, nbytes))
+            print(rows[-1], flush=True)
+    print(
+        f"\n1 worker, chunks {args.chunk}, patch {args.patch} step {args.step}, {CLASSES}"
+        " classes, on_chunk=argmax"
+    )
+    print("| memory_limit | size | wall s | worker peak MiB above start | spilled keys (MiB) |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for limit, n, wall, peak, keys, nbytes in rows:
+        print(
+            f"| {'none' if limit == '0' else limit} | {n}^3 | {wall:.1f} | {peak:,.0f} |"
+            f" {keys:.0f} ({nbytes / 2**20:,.0f}) |"
+        )
 
 
 if __name__ == "__main__":
