@@ -292,9 +292,13 @@ def test_graph_dependencies_follow_the_geometry(border, pad_mode, chunks, thin_t
     for key in block_keys:
         cpos = dict(zip(grid.dims, key[1:]))
         deps = get_dependencies(dsk, key)
-        # a neighbour group's thin part is taken by a part task where the group ran
+        # a neighbour group's thin part is taken by a part task from what the block task
+        # of the group's own block cut (where the group ran): the part stands for the group
         parts = {k for k in deps if isinstance(k, tuple) and k[0].startswith("xpatch-part")}
-        deps = (deps - parts) | {dsk[k][1] for k in parts}
+        for k in parts:
+            assert dsk[k][1][0] == key[0]  # from another block task
+        group_name = next(iter(group_keys))[0]
+        deps = (deps - parts) | {(group_name, *dsk[k][1][1:]) for k in parts}
         groups = {k for k in deps if k in windows_of}
         for k in deps - groups:
             assert not isinstance(k, tuple), (key, k)  # no input block, no other block
@@ -751,21 +755,61 @@ def test_a_group_task_allocates_only_the_boxes_its_windows_reach(monkeypatch):
     ]
 
 
-def test_the_block_of_a_group_waits_for_every_part_cut_from_it(monkeypatch):
+def test_a_groups_sums_feed_only_its_own_block_which_cuts_the_parts(monkeypatch):
     monkeypatch.setattr(parallel, "THIN_BYTES", 0)  # parts as tasks, as for large blocks
-    # so that dask releases the group's partial sums with its own block, not a slab of
-    # blocks later when its farthest neighbour runs
+    # the parts of a group's sums that the blocks ahead need are cut by the block task of
+    # the group's own block: the group's sums have that one task as their only user, so
+    # they are released as soon as it runs (cut from the group, they waited for the part
+    # tasks, which dask orders next to the blocks ahead: a slab of blocks later)
     da = image((192, 192)).chunk(64)
     out = da.patch.apply(lambda p: p * 2, y=32, x=32, step=24).data
     dsk = dict(out.__dask_graph__())
     parts = [k for k in dsk if isinstance(k, tuple) and "xpatch-part" in k[0]]
-    assert parts
+    groups = [k for k in dsk if isinstance(k, tuple) and "xpatch-group" in k[0]]
+    assert parts and groups
     for part in parts:
-        group = part[1:3]
-        (block,) = [
-            k for k in dsk if isinstance(k, tuple) and "xpatch-block" in k[0] and k[1:] == group
-        ]
-        assert part in get_dependencies(dsk, block)
+        source = dsk[part][1]
+        assert "xpatch-block" in source[0] and source[1:] == part[1:3], part
+    users: dict = {g: set() for g in groups}
+    for key in dsk:
+        for dep in get_dependencies(dsk, key):
+            if dep in users:
+                users[dep].add(key)
+    for g, used_by in users.items():
+        assert {u[0].split("-")[1] for u in used_by} == {"block"}, (g, used_by)
+        assert [u[1:] for u in used_by] == [g[1:]], (g, used_by)
+
+
+def _most_groups_held_in_dask_order(dsk) -> int:
+    """Group results held at once when the tasks run one by one in ``dask.order``'s
+    order (the priorities a distributed scheduler hands to its workers)."""
+    from dask.order import order
+
+    priority = order(dsk)
+    users: dict = {k: set() for k in dsk}
+    for key in dsk:
+        for dep in get_dependencies(dsk, key):
+            users[dep].add(key)
+    done, held, most = set(), set(), 0
+    for key in sorted(dsk, key=priority.get):
+        done.add(key)
+        held.add(key)
+        for dep in get_dependencies(dsk, key):
+            if users[dep] <= done:
+                held.discard(dep)
+        most = max(most, sum(1 for h in held if isinstance(h, tuple) and "xpatch-group" in h[0]))
+    return most
+
+
+def test_in_dask_order_only_a_few_group_results_are_held(monkeypatch):
+    monkeypatch.setattr(parallel, "THIN_BYTES", 0)  # parts as tasks, as for large blocks
+    # 6^3 blocks, the geometry of a 768^3 volume in blocks of 128 with patch 64 step 48:
+    # with the parts cut from the groups, dask.order held 46 groups' sums at once (an
+    # 8-class 2-worker run at 768^3 grew a worker past 11 GB and was killed)
+    arr = dsa.zeros((96, 96, 96), chunks=16, dtype="float32")
+    da = xr.DataArray(arr, dims=("z", "y", "x"))
+    out = da.patch.apply(lambda p: p * 2, z=8, y=8, x=8, step=6, weights="gaussian")
+    assert _most_groups_held_in_dask_order(dict(out.data.__dask_graph__())) <= 2
 
 
 class _LiveGroups(Callback):

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from dask.sizeof import sizeof
 
 from xpatch._accumulate import Accumulator
 from xpatch._apply import _BatchWhere, _call, _keep, batches, crop_variables, unbatch
@@ -60,7 +61,7 @@ def _group_task(
     ``blocks`` are the input blocks the windows read, per variable in the order of
     ``block_ids``; ``area``: the coordinates with several spatial dims (2-D lat/lon)
     over the part of the source the windows read, and where that part starts;
-    ``behind`` (unused): the parts the groups behind this one along each dim cut for
+    ``behind`` (unused): the parts the blocks behind this one along each dim cut for
     its block, a dependency that makes groups run in a wavefront. Returns,
     per output block touched, the box of it the windows reach (spatial slices within
     the block) and the weighted sums there (and the summed custom weights).
@@ -203,9 +204,30 @@ def _partials(
     return out
 
 
-def _part_of(partials: dict[Any, Any], cpos: tuple[int, ...]) -> dict[Any, Any]:
+def _thin(partials: dict[Any, Any], cpos: tuple[int, ...]) -> dict[Any, Any]:
     """What one output block needs of a group's partial sums (its box, the drops)."""
     return {k: v for k, v in partials.items() if k == cpos or k == DROPPED}
+
+
+def _part_of(block: Finished, cpos: tuple[int, ...]) -> dict[Any, Any]:
+    """The part of a group's partial sums that block ``cpos`` needs, from the finished
+    block of the group's own block (which cut it)."""
+    # a block its group's windows did not reach after all (a predicate dropped them)
+    # still learns which windows were dropped
+    return block.parts.get(cpos) or block.parts[None]
+
+
+class Finished(dict):  # type: ignore[type-arg]
+    """A finished block's arrays by variable name, and, where its own group reached
+    other blocks, the thin parts of the group's sums cut for them (``parts``)."""
+
+    parts: dict[tuple[int, ...] | None, dict[Any, Any]]  # None: the drops, for any block
+
+
+@sizeof.register(Finished)
+def _sizeof_finished(block: Finished) -> int:
+    # what a distributed worker counts against its memory limit (and spills by)
+    return sum(sizeof(v) for v in block.values()) + sizeof(getattr(block, "parts", {}))
 
 
 def _block_task(
@@ -213,14 +235,15 @@ def _block_task(
     cpos: tuple[int, ...],
     template: xr.Dataset | None,
     order: Mapping[Hashable, tuple[Hashable, ...]],
-    cut: list[Any],
+    cut: bool,
     *partials: dict[tuple[int, ...], Any],
 ) -> dict[Hashable, np.ndarray]:
     """Sum the partial sums of one output block, finish it and return its arrays.
 
-    ``cut`` (unused) are the parts of this block's own group cut for other blocks: as
-    dependencies they make dask cut them before this block, so the group's partial sums
-    can be released with it.
+    With ``cut``, the first of ``partials`` holds the sums of this block's own group
+    (every block it reaches): the parts the other blocks need are cut from it and
+    returned with the arrays (:class:`Finished`), so the group's sums need not wait for
+    them.
     """
     plan, spec = shared.plan, shared.spec
     acc = Accumulator(plan, Blender(threads=1), spec)
@@ -249,10 +272,15 @@ def _block_task(
     finisher = ChunkFinisher(plan, _EMPTY, shared.labels.name)
     finisher.chunk_template = template
     variables, _ = finisher(cpos, buffers, spec, weight_sum, added)
-    return {
-        name: np.moveaxis(data, [dims.index(d) for d in order[name]], range(len(dims)))
+    finished = Finished(
+        (name, np.moveaxis(data, [dims.index(d) for d in order[name]], range(len(dims))))
         for name, (dims, data) in variables.items()
-    }
+    )
+    if cut:
+        own = partials[0]
+        finished.parts = {c: _thin(own, c) for c in own if c not in (cpos, DROPPED)}
+        finished.parts[None] = {DROPPED: own[DROPPED]} if DROPPED in own else {}
+    return finished
 
 
 _EMPTY = xr.Dataset()

@@ -15,8 +15,9 @@ The graph is built directly, without ``map_overlap``, two tasks per output block
 
 Where a block's sums are heavy (``THIN_BYTES``), the thin parts of input blocks a
 group reads (*strip tasks*) and of a group's sums a neighbour needs (*part tasks*) are
-cut where their data lives, so only they move, and two data-free dependencies order
-the groups in a wavefront so each group's sums are released with its own block.
+cut where their data lives, so only they move: the block task of a group's own block
+cuts the group's parts (so the group's sums are released with that block), and a
+data-free dependency on the parts behind orders the groups in a wavefront.
 
 The graph has O(blocks) tasks, each described by a few numbers (the per-window
 cuts are made inside the tasks), so it does not grow with the number of patches;
@@ -406,20 +407,19 @@ class _GraphBuilder:
         on_chunk = self.options.blend.on_chunk is not None
         order = {name: dims for name, (dims, _) in out_vars.items()}
         parts_of: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
-        cut_from: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         for cpos in self.layout.chunks():
             parts_of[cpos] = []
-            for g in touching[cpos]:
+            for g in sorted(touching[cpos], key=lambda g: g != cpos):  # its own group first
                 if g == cpos or not cuts:
                     parts_of[cpos].append((self.group_name, *g))
                     continue
-                # the thin part for this block, taken where the group ran: only it travels
+                # the thin part for this block, cut by the block task of the group's own
+                # block (which then releases the group's sums) where it ran: only it travels
                 key = (self.part_name, *g, *cpos)
-                dsk[key] = (_part_of, (self.group_name, *g), cpos)
+                dsk[key] = (_part_of, (self.block_name, *g), cpos)
                 parts_of[cpos].append(key)
-                cut_from.setdefault(g, []).append(key)
         for cpos, (ranges, block_ids, area, keys) in group_args.items():
-            # where blocks' sums are large, a group runs after its neighbours behind it
+            # where blocks' sums are large, a group runs after the blocks behind it
             # along each dim: the parts they cut for its block (needed there anyway) are
             # its unused arguments, so groups run in a wavefront and each block can be
             # finished, and its group's sums released, right after its group (with
@@ -441,10 +441,10 @@ class _GraphBuilder:
                 *keys,
             )
         for cpos, parts in parts_of.items():
-            # the block of a group waits until every part of that group is cut, so the
-            # group's partial sums are released with the block, not when its farthest
-            # neighbour runs (a slab of groups later): dask runs the thin cuts early
-            cut = cut_from.get(cpos, [])
+            # with cuts, the block task also cuts its own group's parts for the blocks
+            # ahead, so the group's sums are released with the block, whenever dask gets
+            # to the parts (dask.order puts a part next to the block that needs it, a
+            # slab of blocks later: cut from the group, the group's whole sums waited)
             dsk[(self.block_name, *cpos)] = (
                 _block_task,
                 self.shared_key,
@@ -453,7 +453,7 @@ class _GraphBuilder:
                 if on_chunk
                 else None,
                 order,
-                cut,
+                cuts and cpos in groups,
                 *parts,
             )
         return dsk, out_vars, out_meta
