@@ -100,6 +100,7 @@ def write_blocks(
             marks,
             cpos,
             (builder.block_name, *cpos),
+            *builder.cut_from.get(cpos, ()),  # (see _tasks._take)
         )
         keys.append(key)
     if not keys:
@@ -115,6 +116,7 @@ def _write_block(
     marks: str,
     cpos: tuple[int, ...],
     blocks: Mapping[Hashable, np.ndarray],
+    *cut: Any,
 ) -> bool:
     """Write one finished block into its region of the zarr store (its own zarr chunk:
     no two writers share one), then leave a marker that it is done."""

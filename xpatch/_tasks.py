@@ -217,6 +217,13 @@ def _part_of(block: Finished, cpos: tuple[int, ...]) -> dict[Any, Any]:
     return block.parts.get(cpos) or block.parts[None]
 
 
+def _take(block: dict[Hashable, np.ndarray], name: Hashable, *cut: Any) -> np.ndarray:
+    """Variable ``name`` of a finished block. ``cut`` (unused): the parts cut with the
+    block for the blocks ahead; as dependencies they are taken before the block's
+    arrays are used, so the finished block is not held until the blocks ahead run."""
+    return block[name]
+
+
 class Finished(dict):  # type: ignore[type-arg]
     """A finished block's arrays by variable name, and, where its own group reached
     other blocks, the thin parts of the group's sums cut for them (``parts``)."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import uuid
 import warnings
 from collections.abc import Callable, Hashable
@@ -64,7 +63,7 @@ from xpatch._structure import (
     spatial_check,
     split,
 )
-from xpatch._tasks import _block_task, _group_task, _part_of, _Shared
+from xpatch._tasks import _block_task, _group_task, _part_of, _Shared, _take
 from xpatch._tiles import edges_of
 from xpatch.aggregate import Aggregator
 from xpatch.errors import ResultError, WeightsError
@@ -407,6 +406,7 @@ class _GraphBuilder:
         on_chunk = self.options.blend.on_chunk is not None
         order = {name: dims for name, (dims, _) in out_vars.items()}
         parts_of: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
+        self.cut_from: dict[tuple[int, ...], list[tuple[Any, ...]]] = {}
         for cpos in self.layout.chunks():
             parts_of[cpos] = []
             for g in sorted(touching[cpos], key=lambda g: g != cpos):  # its own group first
@@ -418,6 +418,7 @@ class _GraphBuilder:
                 key = (self.part_name, *g, *cpos)
                 dsk[key] = (_part_of, (self.block_name, *g), cpos)
                 parts_of[cpos].append(key)
+                self.cut_from.setdefault(g, []).append(key)
         for cpos, (ranges, block_ids, area, keys) in group_args.items():
             # where blocks' sums are large, a group runs after the blocks behind it
             # along each dim: the parts they cut for its block (needed there anyway) are
@@ -471,7 +472,12 @@ class _GraphBuilder:
             layer = dict(dsk)
             for cpos in self.layout.chunks():
                 idx = tuple(cpos[dims_of.index(d)] if d in dims_of else 0 for d in dims)
-                layer[(out_name, *idx)] = (operator.getitem, (self.block_name, *cpos), name)
+                layer[(out_name, *idx)] = (
+                    _take,
+                    (self.block_name, *cpos),
+                    name,
+                    *self.cut_from.get(cpos, ()),
+                )
             chunks_out = tuple(
                 tuple(int(n) for n in np.diff(self.layout.edges[dims_of.index(d)]))
                 if d in dims_of
