@@ -68,6 +68,20 @@ def argmax_u8(scores):
     return scores.argmax(0).astype("uint8")
 
 
+def segment(image, args):
+    """xpatch's lazy run of the workload: 8 class scores per patch, blended, argmax per
+    block (uint8); the dask array of labels."""
+    return image.patch.apply(
+        lambda p: classes8(p.values),
+        dict.fromkeys(image.dims, args.patch),
+        step=args.step,
+        weights="gaussian",
+        output_dims=("class", *image.dims),
+        chunks=args.chunk,
+        on_chunk=lambda c: c.argmax("class", skipna=False).astype("uint8"),
+    ).data
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -94,11 +108,7 @@ def main() -> None:
     arr = dsa.random.RandomState(0).random_sample((n,) * 3, chunks=args.chunk).astype("float32")
     image = xr.DataArray(arr, dims=("z", "y", "x"), name="volume")
     depth = (args.patch - args.step) // 2
-    sizes = {"z": args.patch, "y": args.patch, "x": args.patch}
     scores_mib = CLASSES * n**3 * 4 / 2**20
-
-    def patch_func(patch):
-        return classes8(patch.values)
 
     def block_func(block):
         return argmax_u8(classes8(block)[(slice(None),) + (slice(depth, -depth),) * 3])
@@ -121,15 +131,7 @@ def main() -> None:
                 sent0 = sum(client.run(sent_bytes).values())
                 t0 = time.perf_counter()
                 if variant == "xpatch":
-                    lazy = persisted.patch.apply(
-                        patch_func,
-                        sizes,
-                        step=args.step,
-                        weights="gaussian",
-                        output_dims=("class", "z", "y", "x"),
-                        chunks=args.chunk,
-                        on_chunk=lambda c: c.argmax("class", skipna=False).astype("uint8"),
-                    ).data
+                    lazy = segment(persisted, args)
                 else:
                     lazy = persisted.data.map_overlap(
                         block_func, depth=depth, boundary="reflect", trim=False, dtype="uint8"
@@ -220,15 +222,7 @@ def frontier(args) -> None:
             base = client.run(peak_reset)
             spill0 = client.run(spilled)
             t0 = time.perf_counter()
-            lazy = image.patch.apply(
-                lambda p: classes8(p.values),
-                dict.fromkeys(("z", "y", "x"), args.patch),
-                step=args.step,
-                weights="gaussian",
-                output_dims=("class", "z", "y", "x"),
-                chunks=args.chunk,
-                on_chunk=lambda c: c.argmax("class", skipna=False).astype("uint8"),
-            ).data
+            lazy = segment(image, args)
             done = client.persist(lazy)
             wait(futures_of(done))
             wall = time.perf_counter() - t0
