@@ -50,14 +50,18 @@ def write_to_store(
 
     builder = _GraphBuilder(obj, func, grid, options, pm, keep)
     layout = builder.learn_layout()
+    marks = os.fspath(sink.store).rstrip("/") + ".xpatch-done"
     if not sink.created:
         first = builder.grid[0]
         sampler = Sampler(obj, builder.grid)
         batched = options.batch_size is not None
         patch = sampler.batch([first], options.batch_dim) if batched else sampler(first)
         Fingerprinting(func, sink.keep_fingerprint, options)(patch.compute())
+        # a fresh store (overwrite=True, or the old one gone): the markers an interrupted
+        # run left beside the old store are not this run's blocks (removed before the
+        # store is replaced, so a run killed in between leaves none to trust)
+        shutil.rmtree(marks, ignore_errors=True)
         sink.prepare(layout[1], layout[2])
-    marks = os.fspath(sink.store).rstrip("/") + ".xpatch-done"
     os.makedirs(marks, exist_ok=True)
     done = np.zeros(builder.layout.shape, dtype=bool)
     if sink.done is not None:
