@@ -366,3 +366,26 @@ def test_dask_out_afresh_after_an_interrupted_run_ignores_its_markers(tmp_path, 
     with dask.config.set(scheduler="threads", num_workers=2):
         out = da.chunk(12).patch.apply(_thrice, **OUT_KW, out=path, **kw)
     assert_same(out.compute(), da.patch.apply(_thrice, **OUT_KW))
+
+
+@pytest.mark.parametrize("kind", ["boolean", "predicate"])
+def test_dask_out_never_calls_func_on_a_window_the_mask_skips(tmp_path, kind):
+    """A model that cannot take a patch of no data (all NaN) is kept away from it by a
+    mask; the fingerprint of a fresh store must not call it on window 0 regardless."""
+    a = _scene()
+    a[:16, :16] = np.nan
+    mask = a.notnull() if kind == "boolean" else (lambda p: bool(p.notnull().any()))
+
+    def model(p):
+        if p.isnull().all():
+            raise ValueError("a patch of no data")
+        return p * 2
+
+    kw = {**OUT_KW, "mask": mask}
+    eager = a.patch.apply(model, **kw, out=tmp_path / "eager.zarr")
+    with dask.config.set(scheduler="threads", num_workers=2):
+        out = a.chunk(12).patch.apply(model, **kw, out=tmp_path / "lazy.zarr")
+    assert_same(out.compute(), eager.compute())
+    with dask.config.set(scheduler="threads", num_workers=2):  # and its resume checks func
+        again = a.chunk(12).patch.apply(model, **kw, out=tmp_path / "lazy.zarr", resume=True)
+    assert_same(again.compute(), eager.compute())

@@ -37,11 +37,12 @@ def write_to_store(
     """``apply(out=...)`` on dask-backed input: the workers compute and write the blocks.
 
     The store's layout is made here (from the one dry call of ``func``), with the
-    fingerprint of ``func``'s result on window 0 for a fresh store (one more call, on
-    the real patch). Each block task's result is written to its region of the store by
-    the worker that finished it, and a marker file beside the store records it, so an
-    interrupted run resumes (``resume=True``) with the blocks not yet marked. The
-    result is returned opened lazily from the store.
+    fingerprint of ``func``'s result on the run's first window for a fresh store (one
+    more call, on the real patch; none with a predicate ``mask``). Each block task's
+    result is written to its region of the store by the worker that finished it, and a
+    marker file beside the store records it, so an interrupted run resumes
+    (``resume=True``) with the blocks not yet marked. The result is returned opened
+    lazily from the store.
     """
     import os
     import shutil
@@ -52,11 +53,15 @@ def write_to_store(
     layout = builder.learn_layout()
     marks = os.fspath(sink.store).rstrip("/") + ".xpatch-done"
     if not sink.created:
-        first = builder.grid[0]
-        sampler = Sampler(obj, builder.grid)
-        batched = options.batch_size is not None
-        patch = sampler.batch([first], options.batch_dim) if batched else sampler(first)
-        Fingerprinting(func, sink.keep_fingerprint, options)(patch.compute())
+        # as the eager path: the first window of the run's order (a masked grid's first
+        # kept one), none under a predicate (which may drop any window): func is never
+        # called on a window the mask skips
+        if keep is None:
+            first = builder.grid[int(builder.layout.order()[0])]
+            sampler = Sampler(obj, builder.grid)
+            batched = options.batch_size is not None
+            patch = sampler.batch([first], options.batch_dim) if batched else sampler(first)
+            Fingerprinting(func, sink.keep_fingerprint, options, first.index)(patch.compute())
         # a fresh store (overwrite=True, or the old one gone): the markers an interrupted
         # run left beside the old store are not this run's blocks (removed before the
         # store is replaced, so a run killed in between leaves none to trust)
