@@ -10,9 +10,16 @@ import pytest
 import xarray as xr
 
 import xpatch  # noqa: F401
-from xpatch import _reader, _tiles
+from xpatch import _apply, _reader, _tiles
 
 pytest.importorskip("zarr")
+
+
+@pytest.fixture(autouse=True)
+def streamed(monkeypatch):
+    """The files here are small enough to be read whole (see the tests of
+    ``loaded_if_small`` below): the other tests stream them, as larger files are."""
+    monkeypatch.setattr(_apply, "loaded_if_small", lambda obj, grid: obj)
 
 
 @pytest.fixture(params=["rows", "tiles"])
@@ -417,3 +424,31 @@ def test_a_cut_assembled_from_tiles_is_the_indexed_array():
         np.testing.assert_array_equal(got, want)
         # the box holds only the spans of the tiles the indices touch
         assert box.size <= arr.size
+
+
+def test_a_file_smaller_than_its_rows_read_ahead_is_read_whole(stored, monkeypatch):
+    # rows read ahead would hold more than the whole array: it is read in one pass (each
+    # stored chunk decoded once) and patched in memory, equal to the in-memory run
+    da, open_ = stored
+    monkeypatch.setattr(_apply, "loaded_if_small", _reader.loaded_if_small)
+    made = _recording(monkeypatch)
+    lazy = open_()
+    grid = lazy.patch.grid(z=12, y=12, x=12, step=6)
+    loaded = _reader.loaded_if_small(lazy, grid)
+    assert loaded is not lazy and _reader.ChunkReader.make(loaded, grid) is None
+    assert not isinstance(lazy.variable._data, np.ndarray)  # the user's object is untouched
+    out = lazy.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6)
+    xr.testing.assert_identical(out, da.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6))
+    assert all(r is None or r.schedule is None for r in made)  # no reader streamed
+
+
+def test_a_file_larger_than_its_rows_read_ahead_is_streamed(stored, monkeypatch):
+    _, open_ = stored
+    monkeypatch.setattr(_apply, "loaded_if_small", _reader.loaded_if_small)
+    # rows of 8 planes; read ahead, a window's rows and its slab: fewer bytes than the file
+    monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 8 * 36 * 30 * 4)
+    made = _recording(monkeypatch)
+    lazy = open_()
+    assert _reader.loaded_if_small(lazy, lazy.patch.grid(z=12, y=12, x=12)) is lazy
+    lazy.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6)
+    assert type(_streaming(made)) is _reader.RowReader

@@ -14,7 +14,7 @@ from xpatch._blend import default_threads
 from xpatch._options import ApplyOptions
 from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
-from xpatch._reader import ChunkReader
+from xpatch._reader import ChunkReader, loaded_if_small
 from xpatch._rescale import scaled_template
 from xpatch._sampling import Sampler, stack
 from xpatch._sinks import Sink
@@ -109,6 +109,8 @@ def run(
     of the first window in order, already computed (index, result).
     """
     grid = agg.grid
+    # a small file is read whole: rows read ahead would hold more than the array
+    obj = loaded_if_small(obj, pm.source if pm is not None else grid)
     ordered = options.blend.chunks is not None
     order: Sequence[int] = agg.layout.order() if ordered else range(len(grid))
     if not ordered and grid.kept is not None:

@@ -363,6 +363,26 @@ class RowReader(ChunkReader):
         return ix + np.array([offsets[int(r)] for r in row_of], dtype=np.intp)
 
 
+def loaded_if_small(obj: xr.DataArray | xr.Dataset, grid: PatchGrid) -> xr.DataArray | xr.Dataset:
+    """``obj`` itself, or, for a lazy file source whose whole decoded data take no more
+    than a :class:`RowReader` would hold at once, a copy of it read whole (each stored
+    chunk decoded once, in one pass, then patches are views as in memory).
+
+    >>> import numpy as np, xarray as xr
+    >>> da = xr.DataArray(np.zeros((4, 4)), dims=("y", "x"))
+    >>> loaded_if_small(da, da.patch.grid(y=2, x=2)) is da  # in memory already
+    True
+    """
+    variables = data_variables(obj)
+    if ChunkReader.make(obj, grid) is None:
+        return obj
+    rows = _row_bytes(variables, grid)
+    whole = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in variables)
+    if rows > budget() or whole > rows:
+        return obj
+    return obj.compute()
+
+
 def budget() -> int:
     """Bytes the reader may hold: a quarter of ``memory_budget()`` (the open chunks'
     buffers take the rest)."""
