@@ -389,3 +389,127 @@ def test_dask_out_never_calls_func_on_a_window_the_mask_skips(tmp_path, kind):
     with dask.config.set(scheduler="threads", num_workers=2):  # and its resume checks func
         again = a.chunk(12).patch.apply(model, **kw, out=tmp_path / "lazy.zarr", resume=True)
     assert_same(again.compute(), eager.compute())
+
+
+# --- 3. eager, out of core: a small memory budget -------------------------------------------
+def _volume(shape=(30, 26, 22)):
+    return image(shape, ("z", "y", "x"), seed=4, name="vol")
+
+
+def _classes(p):
+    return xr.concat([p, 1 - p, p * p], dim="cls")
+
+
+class ChunkCounter:
+    """An on_chunk that records the chunks it sees (by their first coordinates)."""
+
+    def __init__(self, reduce):
+        self.reduce = reduce
+        self.seen = []
+
+    def __call__(self, chunk):
+        self.seen.append(tuple(float(chunk[d][0]) for d in ("z", "y", "x") if d in chunk.dims))
+        return self.reduce(chunk)
+
+
+@pytest.fixture
+def spills(monkeypatch, tmp_path):
+    """A small budget, the scratch area under tmp_path, and counts of the chunks written
+    to it and loaded back (no reference to the Spill objects is kept)."""
+    import tempfile
+
+    from xpatch import _accumulate
+
+    stats = {"written": 0, "loaded": 0}
+
+    class Counting(_accumulate.Spill):
+        def _write(self, *args):
+            stats["written"] += 1
+            return super()._write(*args)
+
+        def load(self, cpos):
+            stats["loaded"] += 1
+            return super().load(cpos)
+
+    monkeypatch.setattr(_accumulate, "Spill", Counting)
+    monkeypatch.setenv("XPATCH_MEMORY_BUDGET", "24KiB")  # a few 3-class chunks of 8^3
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return stats, scratch
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"weights": "gaussian"},
+        {"weights": "hann", "border": "crop", "batch_size": 5},
+        {"weights": np.random.default_rng(1).random((9, 10, 8)) + 0.1},
+    ],
+    ids=["gaussian", "crop-batched", "custom-weights"],
+)
+def test_spilled_out_of_core_run_equals_in_memory_and_sees_each_chunk_once(tmp_path, spills, kw):
+    stats, scratch = spills
+    da = _volume()
+    geometry = {"z": 9, "y": 10, "x": 8, "step": {"z": 6, "y": 7, "x": 5}, **kw}
+    reduce = lambda c: c.fillna(-1).argmax("cls").astype("int8")  # noqa: E731
+    expected = da.patch.apply(_classes, **geometry, on_chunk=reduce)
+    counter = ChunkCounter(reduce)
+    out = da.patch.apply(_classes, **geometry, chunks=8, on_chunk=counter, out=tmp_path / "o.zarr")
+    assert_same(out.compute(), expected)
+    assert stats["written"] > 0  # chunks went to disk ...
+    assert stats["loaded"] == stats["written"]  # ... and all came back
+    assert len(counter.seen) == len(set(counter.seen)) == 4 * 4 * 3
+    assert not [f for d in scratch.iterdir() for f in d.iterdir()]  # nothing left on disk
+
+
+def test_spilled_run_of_several_outputs_equals_in_memory(spills):
+    stats, _ = spills
+    da = _volume()
+
+    def func(p):
+        return {"cls": _classes(p), "mean": (p.mean() + 0 * p).astype(np.float64)}
+
+    kw = {"z": 9, "y": 10, "x": 8, "step": 5}
+    expected = da.patch.apply(func, **kw)
+    assert_same(da.patch.apply(func, **kw, chunks=7), expected)
+    assert stats["written"] > 0
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_spilled_run_resumed_after_an_exception_gives_the_uninterrupted_store(
+    tmp_path, spills, mask
+):
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from reference import failing_at
+
+    stats, scratch = spills
+    da = _volume()
+    kw = {"z": 9, "y": 10, "x": 8, "step": {"z": 6, "y": 7, "x": 5}, "chunks": 8}
+    if mask:
+        m = xr.zeros_like(da, dtype=bool)
+        m[3:20, :, 4:] = True
+        kw["mask"] = m
+    reduce = lambda c: c.fillna(-1).argmax("cls").astype("int8")  # noqa: E731
+    whole = da.patch.apply(_classes, **kw, on_chunk=reduce, out=tmp_path / "whole.zarr")
+    first = ChunkCounter(reduce)
+    with pytest.raises(RuntimeError, match="killed") as info:
+        da.patch.apply(failing_at(60, _classes), **kw, on_chunk=first, out=tmp_path / "o.zarr")
+    assert any("raised by func" in n for n in info.value.__notes__)
+    assert stats["written"] > 0  # it had spilled before the failure
+    # the run is over: its scratch area is gone, even while the error (and its
+    # traceback, as a notebook keeps it) is alive
+    assert not [f for d in scratch.iterdir() for f in d.iterdir()]
+    second = ChunkCounter(reduce)
+    resumed = da.patch.apply(_classes, **kw, on_chunk=second, out=tmp_path / "o.zarr", resume=True)
+    assert_same(resumed.compute(), whole.compute())
+    # every chunk went through on_chunk once over the two runs: the finished ones in
+    # the first, the rest in the second
+    assert 0 < len(first.seen) < 48
+    assert sorted(first.seen + second.seen) == sorted(set(first.seen + second.seen))
+    assert len(first.seen) + len(second.seen) == 48
+    a = xr.open_zarr(tmp_path / "o.zarr")["vol"].values
+    b = xr.open_zarr(tmp_path / "whole.zarr")["vol"].values
+    np.testing.assert_array_equal(a, b)

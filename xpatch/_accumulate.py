@@ -387,6 +387,14 @@ class Spill:
         self.files[cpos] = path
         self.count += 1
 
+    def close(self) -> None:
+        """The run is over (it failed): remove the scratch folder now, not when this
+        object is collected (a failed run's traceback keeps it alive)."""
+        if self.folder is not None:
+            shutil.rmtree(self.folder, True)
+        self.folder = None
+        self.files.clear()
+
     def load(self, cpos: ChunkPosition) -> tuple[dict[Hashable, np.ndarray], Any]:
         path = self.files.pop(cpos)
         with open(path, "rb") as f:

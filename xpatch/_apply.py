@@ -14,7 +14,7 @@ from xpatch._blend import default_threads
 from xpatch._options import ApplyOptions
 from xpatch._patchmap import PatchMap
 from xpatch._plan import BlendPlan
-from xpatch._reader import ChunkReader, loaded_if_small
+from xpatch._reader import ChunkReader
 from xpatch._rescale import scaled_template
 from xpatch._sampling import Sampler, stack
 from xpatch._sinks import Sink
@@ -109,8 +109,6 @@ def run(
     of the first window in order, already computed (index, result).
     """
     grid = agg.grid
-    # a small file is read whole: rows read ahead would hold more than the array
-    obj = loaded_if_small(obj, pm.source if pm is not None else grid)
     ordered = options.blend.chunks is not None
     order: Sequence[int] = agg.layout.order() if ordered else range(len(grid))
     if not ordered and grid.kept is not None:
@@ -565,6 +563,7 @@ def apply(
     try:
         run(obj, func, agg, options, skip, pm, keep)
     except Rescaled as again:
+        agg.abandon()
         if sink is not None:
             raise ResultError(
                 f"func's result for {grid[again.index]!r} has another resolution than the"
@@ -574,7 +573,14 @@ def apply(
         pm = PatchMap.make(grid, pm.halo, again.scale)
         agg = _aggregator(obj, pm, options, None)
         first = None if again.result is None else (again.index, again.result)
-        run(obj, func, agg, options, None, pm, keep, first)
+        try:
+            run(obj, func, agg, options, None, pm, keep, first)
+        except BaseException:
+            agg.abandon()
+            raise
+    except BaseException:
+        agg.abandon()  # its scratch files go now, not when the traceback is collected
+        raise
     if keep is not None and not agg.n_added and (skip is None or not skip.any()):
         raise IncompleteError(
             f"mask (the predicate) returned False for every one of the {grid.n_kept} windows:"

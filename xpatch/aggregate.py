@@ -514,6 +514,11 @@ class Aggregator:
             self._gathering.flush()
         self._blend.wait()
 
+    def abandon(self) -> None:
+        """The run failed (internal): the open chunks waiting on disk are removed."""
+        if self._acc.spill is not None:
+            self._acc.spill.close()
+
     def result(self, partial: bool = False) -> xr.DataArray | xr.Dataset:
         """The blended result, labeled with the source's coordinates.
 
