@@ -1,7 +1,8 @@
 """Lazy file sources read by stored chunks, each decoded once (``_reader.py``, ``_tiles.py``).
 
-Two readers: rows of stored chunks where they fit the reader's budget, tiles (stored
-chunks in every spatial dim) where they do not; every test of results runs both."""
+Three readers: rows of stored chunks where they fit the reader's budget, one array filled
+row by row where the whole source takes no more than those rows, tiles (stored chunks in
+every spatial dim) where rows do not fit; every test of results runs all three."""
 
 from __future__ import annotations
 
@@ -10,26 +11,20 @@ import pytest
 import xarray as xr
 
 import xpatch  # noqa: F401
-from xpatch import _apply, _reader, _tiles
+from xpatch import _reader, _tiles
 
 pytest.importorskip("zarr")
 
 
-@pytest.fixture(autouse=True)
-def streamed(monkeypatch):
-    """The files here are small enough to be read whole (see the tests of
-    ``loaded_if_small`` below): the other tests stream them, as larger files are."""
-    monkeypatch.setattr(_apply, "loaded_if_small", lambda obj, grid: obj)
-
-
-@pytest.fixture(params=["rows", "tiles"])
+@pytest.fixture(params=["rows", "tiles", "whole"])
 def reader(request, monkeypatch):
-    """Which reader ``ChunkReader.make`` picks: rows, or tiles (rows never fit)."""
-    if request.param == "tiles":
-        monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 1 << 62)
-    else:
-        monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 0)
-    return {"rows": _reader.RowReader, "tiles": _reader.TileReader}[request.param]
+    """Which reader ``ChunkReader.make`` picks: rows, tiles (rows never fit), or one
+    array filled row by row (the rows read ahead would take more than the array)."""
+    held = {"rows": 0, "tiles": 1 << 62, "whole": 1 << 20}[request.param]
+    monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: held)
+    return {"rows": _reader.RowReader, "tiles": _reader.TileReader, "whole": _reader.WholeReader}[
+        request.param
+    ]
 
 
 def _recording(monkeypatch) -> list:
@@ -106,6 +101,7 @@ def test_each_chunk_row_is_read_once(stored, monkeypatch):
         return read(self, k, row)
 
     monkeypatch.setattr(_reader.RowReader, "_read", counted)
+    monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 0)  # rows, not whole
     lazy = open_()
     assert type(_reader.ChunkReader.make(lazy, lazy.patch.grid(z=12, y=12, x=12))) is (
         _reader.RowReader
@@ -192,7 +188,7 @@ def test_rows_too_large_for_the_memory_budget_are_read_as_tiles(stored, monkeypa
     da, open_ = stored
     lazy = open_()
     grid = lazy.patch.grid(z=12, y=12, x=12, step=6)
-    assert type(_reader.ChunkReader.make(lazy, grid)) is _reader.RowReader
+    assert type(_reader.ChunkReader.make(lazy, grid)) is _reader.WholeReader  # small
     monkeypatch.setenv("XPATCH_MEMORY_BUDGET", "256KiB")  # a row here is 8 x 36 x 30 x 4 B
     assert type(_reader.ChunkReader.make(lazy, grid)) is _reader.TileReader
     out = lazy.patch.apply(lambda p: p * 2 + 1, z=12, y=12, x=12, step=6)
@@ -426,29 +422,40 @@ def test_a_cut_assembled_from_tiles_is_the_indexed_array():
         assert box.size <= arr.size
 
 
-def test_a_file_smaller_than_its_rows_read_ahead_is_read_whole(stored, monkeypatch):
-    # rows read ahead would hold more than the whole array: it is read in one pass (each
-    # stored chunk decoded once) and patched in memory, equal to the in-memory run
+def test_a_file_smaller_than_its_rows_read_ahead_fills_one_array(stored, monkeypatch):
+    # rows read ahead would hold more than the whole array: rows are decoded (each once,
+    # ahead of need) into one array of the source's size, and patches are read-only views
     da, open_ = stored
-    monkeypatch.setattr(_apply, "loaded_if_small", _reader.loaded_if_small)
+    monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 1 << 20)
+    reads, seen = [], []
+    read = _reader.RowReader._read
+
+    def counted(self, k, row):
+        reads.append((k, row))
+        return read(self, k, row)
+
+    monkeypatch.setattr(_reader.RowReader, "_read", counted)
     made = _recording(monkeypatch)
     lazy = open_()
-    grid = lazy.patch.grid(z=12, y=12, x=12, step=6)
-    loaded = _reader.loaded_if_small(lazy, grid)
-    assert loaded is not lazy and _reader.ChunkReader.make(loaded, grid) is None
-    assert not isinstance(lazy.variable._data, np.ndarray)  # the user's object is untouched
-    out = lazy.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6)
+
+    def model(p):
+        seen.append((len(reads), p.values.flags.writeable, p.values.base is not None))
+        return p * 2
+
+    out = lazy.patch.apply(model, z=12, y=12, x=12, step=6)
     xr.testing.assert_identical(out, da.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6))
-    assert all(r is None or r.schedule is None for r in made)  # no reader streamed
+    assert type(_streaming(made)) is _reader.WholeReader
+    assert sorted(reads) == [(0, r) for r in range(5)]  # 40 / 8 rows, once each
+    assert seen[0][0] < 5  # the model ran before every row was read
+    assert not any(writeable for _, writeable, _ in seen)
+    assert all(view for _, _, view in seen)  # views of the one array, no copy per patch
+    assert not isinstance(lazy.variable._data, np.ndarray)  # the user's object stays lazy
 
 
-def test_a_file_larger_than_its_rows_read_ahead_is_streamed(stored, monkeypatch):
+def test_a_file_larger_than_its_rows_read_ahead_streams_rows(stored, monkeypatch):
     _, open_ = stored
-    monkeypatch.setattr(_apply, "loaded_if_small", _reader.loaded_if_small)
     # rows of 8 planes; read ahead, a window's rows and its slab: fewer bytes than the file
     monkeypatch.setattr(_reader, "_row_bytes", lambda variables, grid: 8 * 36 * 30 * 4)
     made = _recording(monkeypatch)
-    lazy = open_()
-    assert _reader.loaded_if_small(lazy, lazy.patch.grid(z=12, y=12, x=12)) is lazy
-    lazy.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6)
+    open_().patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6)
     assert type(_streaming(made)) is _reader.RowReader

@@ -11,6 +11,8 @@ with one ``isel`` and decoded once:
   other dims whole), joined into a slab per grid row of which patches are views;
   taken where the rows a window and the read-ahead span fit the reader's budget
   (the faster of the two: no copy per patch);
+- :class:`WholeReader`: a row reader for sources no larger than those rows, which
+  decodes the rows into one array of the source's size (no slab joined per grid row);
 - :class:`TileReader`: tiles, the stored chunks themselves (the non-spatial dims
   whole); each patch is copied from the tiles it touches (a window inside one tile
   is a view of it); memory depends on the chunk and patch sizes, never on the volume.
@@ -115,9 +117,12 @@ class ChunkReader:
         lazy = all(v.chunks is None and not isinstance(v._data, np.ndarray) for v in variables)
         if not variables or not lazy or any(stored_chunks(v) is None for v in variables):
             return None
-        if _row_bytes(variables, grid) <= budget():
-            return RowReader(obj, grid, threads)
-        return TileReader(obj, grid, threads)
+        rows = _row_bytes(variables, grid)
+        if rows > budget():
+            return TileReader(obj, grid, threads)
+        whole = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in variables)
+        # rows read ahead would hold more than the whole array: fill one array instead
+        return (WholeReader if whole <= rows else RowReader)(obj, grid, threads)
 
     # what a reader defines: the unit read, the cut of a window, the patch from units
     def _cut(self, k: int, plan: CutPlan) -> Any:
@@ -363,24 +368,40 @@ class RowReader(ChunkReader):
         return ix + np.array([offsets[int(r)] for r in row_of], dtype=np.intp)
 
 
-def loaded_if_small(obj: xr.DataArray | xr.Dataset, grid: PatchGrid) -> xr.DataArray | xr.Dataset:
-    """``obj`` itself, or, for a lazy file source whose whole decoded data take no more
-    than a :class:`RowReader` would hold at once, a copy of it read whole (each stored
-    chunk decoded once, in one pass, then patches are views as in memory).
+class WholeReader(RowReader):
+    """A :class:`RowReader` for small sources: rows are decoded, ahead of need on the
+    helper thread as ever, straight into one array the size of the source, kept for the
+    run; each patch is a read-only view of it, with no slab joined per grid row.
 
-    >>> import numpy as np, xarray as xr
-    >>> da = xr.DataArray(np.zeros((4, 4)), dims=("y", "x"))
-    >>> loaded_if_small(da, da.patch.grid(y=2, x=2)) is da  # in memory already
-    True
+    Chosen where the whole array takes no more than the rows a row reader would hold
+    at once (so it never holds more), it reads as reading the whole array first does,
+    while the model already runs on the first rows.
     """
-    variables = data_variables(obj)
-    if ChunkReader.make(obj, grid) is None:
-        return obj
-    rows = _row_bytes(variables, grid)
-    whole = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in variables)
-    if rows > budget() or whole > rows:
-        return obj
-    return obj.compute()
+
+    def __init__(self, obj: xr.DataArray | xr.Dataset, grid: PatchGrid, threads: int) -> None:
+        super().__init__(obj, grid, threads)
+        self.arrays: list[np.ndarray] = []
+
+    def _start(self) -> None:
+        # a new array per run (pages are taken only as rows fill them): patches a model
+        # kept from the last run stay as they were
+        self.arrays = [np.empty(v.shape, dtype=v.dtype) for v in self.variables]
+
+    def _read(self, k: int, unit: Any) -> np.ndarray:
+        edges, ax = self.edges[k], self.axis[k]
+        rows = (slice(None),) * ax + (slice(int(edges[unit]), int(edges[unit + 1])),)
+        target = self.arrays[k][rows]
+        target[...] = super()._read(k, unit)
+        return target
+
+    def _part(
+        self, k: int, plan: CutPlan, rows: tuple[int, ...], get: Callable[[Any], np.ndarray]
+    ) -> Any:
+        for r in rows:
+            get(r)  # read (or wait for) each row the window spans
+        var = self.variables[k]
+        local = [plan.indexers.get(d, slice(None)) for d in var.dims]
+        return take(self.arrays[k], local, [(var.dims.index(d), m) for d, m in plan.masks])
 
 
 def budget() -> int:
