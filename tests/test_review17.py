@@ -513,3 +513,159 @@ def test_spilled_run_resumed_after_an_exception_gives_the_uninterrupted_store(
     a = xr.open_zarr(tmp_path / "o.zarr")["vol"].values
     b = xr.open_zarr(tmp_path / "whole.zarr")["vol"].values
     np.testing.assert_array_equal(a, b)
+
+
+# --- 4. lazy file sources: rows and tiles ---------------------------------------------------
+def _long_volume(dtype=np.float32):
+    """Long along z, so rows of stored chunks (read ahead) hold less than the array."""
+    da = image((96, 14, 12), ("z", "y", "x"), seed=6, dtype=dtype, name="v")
+    return da
+
+
+@pytest.fixture
+def readers(monkeypatch):
+    """The readers apply makes (``ChunkReader.make`` recorded)."""
+    from xpatch import _reader
+
+    made = []
+    make = _reader.ChunkReader.make.__func__
+
+    def recorded(cls, *args, **kwargs):
+        out = make(cls, *args, **kwargs)
+        made.append(out)
+        return out
+
+    monkeypatch.setattr(_reader.ChunkReader, "make", classmethod(recorded))
+    return made
+
+
+def _used(made):
+    return {type(r).__name__ for r in made if r is not None}
+
+
+@pytest.fixture(params=["rows", "tiles"])
+def file_reader(request, monkeypatch):
+    """The budget that makes apply read rows (the default 1 GiB) or tiles (rows of 4 x
+    14 x 12 float32 chunks exceed a quarter of 24 KiB)."""
+    if request.param == "tiles":
+        monkeypatch.setenv("XPATCH_MEMORY_BUDGET", "24KiB")
+    return {"rows": "RowReader", "tiles": "TileReader"}[request.param]
+
+
+@pytest.fixture(params=["zarr", "netcdf"])
+def stored_volume(request, tmp_path):
+    da = _long_volume()
+    if request.param == "zarr":
+        da.to_dataset().chunk({"z": 4, "y": 5, "x": 6}).to_zarr(tmp_path / "v.zarr")
+        return da, lambda: xr.open_zarr(tmp_path / "v.zarr", chunks=None)["v"]
+    pytest.importorskip("h5netcdf")
+    path = tmp_path / "v.nc"
+    da.to_netcdf(path, engine="h5netcdf", encoding={"v": {"chunksizes": (4, 5, 6)}})
+    return da, lambda: xr.open_dataarray(path, engine="h5netcdf")
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"z": 6, "y": 7, "x": 5, "step": 4, "halo": 2},
+        {"z": 6, "y": 7, "x": 5, "step": 4, "halo": {"y": 3}, "border": "pad", "pad_mode": "wrap"},
+        {"z": 6, "y": 6, "x": 6, "step": 2, "scale": 0.5},
+        {"z": 6, "y": 7, "x": 5, "step": 3, "border": "adaptive", "batch_size": 7},
+        {"z": 6, "y": 7, "x": 5, "step": 3, "border": "crop", "chunks": 8, "weights": "mean"},
+        {"z": 6, "y": 7, "x": 5, "step": 3, "mask": "some"},
+    ],
+    ids=["halo", "halo-pad-wrap", "scale", "adaptive-batched", "crop-chunks", "mask"],
+)
+def test_file_apply_equals_in_memory(stored_volume, file_reader, readers, kw):
+    da, open_ = stored_volume
+    if kw.get("mask") == "some":
+        m = xr.zeros_like(da, dtype=bool)
+        m[10:40, 3:9, :] = True
+        m[70:, :, 8:] = True
+        kw = {**kw, "mask": m}
+
+    fresh = "batch_size" in kw or kw.get("border") == "pad"  # (copies: may be writable)
+
+    def func(p):
+        assert fresh or not p.values.flags.writeable
+        out = p * 2 - p.mean()
+        return out.coarsen(z=2, y=2, x=2).mean() if kw.get("scale") == 0.5 else out
+
+    expected = da.patch.apply(func, **kw)
+    with open_() as lazy:
+        assert not lazy.variable._in_memory
+        result = lazy.patch.apply(func, **kw)
+    assert_same(result, expected)
+    assert _used(readers) == {file_reader}
+
+
+def test_file_dataset_of_variables_with_different_dims_and_chunks(tmp_path, file_reader, readers):
+    ds = xr.Dataset(
+        {
+            "a": _long_volume(),
+            "b": image((2, 96, 14, 12), ("band", "z", "y", "x"), seed=7, dtype=np.float64),
+            "c": image((12, 96, 14), ("x", "z", "y"), seed=8),
+        }
+    )
+    enc = {"a": {"chunks": (4, 5, 6)}, "b": {"chunks": (1, 3, 7, 12)}, "c": {"chunks": (5, 4, 14)}}
+    ds.to_zarr(tmp_path / "d.zarr", encoding=enc)
+
+    def func(p):
+        return xr.Dataset({"s": p["a"] + p["c"], "t": p["b"] * p["a"].mean()})
+
+    kw = {"z": 6, "y": 7, "x": 5, "step": 4, "border": "pad", "pad_mode": "reflect"}
+    expected = ds.patch.apply(func, **kw)
+    with xr.open_zarr(tmp_path / "d.zarr", chunks=None) as lazy:
+        result = lazy.patch.apply(func, **kw)
+    assert_same(result, expected)
+    assert _used(readers) == {file_reader}
+
+
+def test_file_cf_packed_integers_equal_in_memory(tmp_path, file_reader, readers):
+    """Packed storage (int16 with scale_factor, a _FillValue): decoded like in memory."""
+    da = _long_volume(np.float64)
+    da[5:9, 2:4, :] = np.nan
+    enc = {"v": {"dtype": "int16", "scale_factor": 0.01, "_FillValue": -9999, "chunks": (4, 5, 6)}}
+    da.to_dataset().to_zarr(tmp_path / "p.zarr", encoding=enc)
+    kw = {"z": 6, "y": 7, "x": 5, "step": 4}
+    with xr.open_zarr(tmp_path / "p.zarr", chunks=None) as lazy:
+        expected = lazy["v"].load().patch.apply(lambda p: p.fillna(0) * 2, **kw)
+    with xr.open_zarr(tmp_path / "p.zarr", chunks=None) as lazy:
+        result = lazy["v"].patch.apply(lambda p: p.fillna(0) * 2, **kw)
+    assert_same(result, expected)
+    assert _used(readers) == {file_reader}
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+def test_a_corrupt_stored_chunk_names_the_window(tmp_path, file_reader, monkeypatch, threads):
+    monkeypatch.setenv("XPATCH_NUM_THREADS", threads)
+    da = _long_volume()
+    da.to_dataset().chunk({"z": 4, "y": 5, "x": 6}).to_zarr(tmp_path / "v.zarr")
+    chunk = tmp_path / "v.zarr" / "v" / "c" / "10" / "1" / "1"
+    chunk.write_bytes(b"not a compressed chunk at all")
+    with (
+        xr.open_zarr(tmp_path / "v.zarr", chunks=None) as lazy,
+        pytest.raises(Exception) as info,
+    ):
+        lazy["v"].patch.apply(lambda p: p + 1, z=6, y=7, x=5, step=4)
+    notes = getattr(info.value, "__notes__", [])
+    assert any("reading the patch of <Window" in n for n in notes), (info.value, notes)
+
+
+def test_file_patches_cannot_write_to_the_tiles(stored_volume, file_reader):
+    """A func that writes to its patch is refused (read-only), and no later patch sees
+    such a write."""
+    da, open_ = stored_volume
+
+    def vandal(p):
+        try:
+            p.values[...] = 0
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("a patch read from a file was writable")
+        return p * 1
+
+    with open_() as lazy:
+        result = lazy.patch.apply(vandal, z=6, y=7, x=5, step=3)
+    assert_same(result, da.patch.apply(lambda p: p * 1, z=6, y=7, x=5, step=3))
