@@ -139,3 +139,19 @@ def failing_at(n: int, func):
         return func(p)
 
     return flaky
+
+
+def recording_readers(monkeypatch) -> list:
+    """The readers ``apply`` makes (``ChunkReader.make`` recorded as they are made)."""
+    from xpatch import _reader
+
+    made = []
+    make = _reader.ChunkReader.make.__func__
+
+    def recorded(cls, *args, **kwargs):
+        out = make(cls, *args, **kwargs)
+        made.append(out)
+        return out
+
+    monkeypatch.setattr(_reader.ChunkReader, "make", classmethod(recorded))
+    return made

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import xarray as xr
+from reference import recording_readers
 
 import xpatch  # noqa: F401
 from xpatch import _reader, _tiles
@@ -29,16 +30,7 @@ def reader(request, monkeypatch):
 
 def _recording(monkeypatch) -> list:
     """The readers apply makes, recorded as they are made."""
-    made = []
-    make = _reader.ChunkReader.make.__func__
-
-    def recorded(cls, *args, **kwargs):
-        out = make(cls, *args, **kwargs)
-        made.append(out)
-        return out
-
-    monkeypatch.setattr(_reader.ChunkReader, "make", classmethod(recorded))
-    return made
+    return recording_readers(monkeypatch)
 
 
 def _streaming(made: list) -> _reader.ChunkReader:

@@ -525,18 +525,9 @@ def _long_volume(dtype=np.float32):
 @pytest.fixture
 def readers(monkeypatch):
     """The readers apply makes (``ChunkReader.make`` recorded)."""
-    from xpatch import _reader
+    from reference import recording_readers
 
-    made = []
-    make = _reader.ChunkReader.make.__func__
-
-    def recorded(cls, *args, **kwargs):
-        out = make(cls, *args, **kwargs)
-        made.append(out)
-        return out
-
-    monkeypatch.setattr(_reader.ChunkReader, "make", classmethod(recorded))
-    return made
+    return recording_readers(monkeypatch)
 
 
 def _used(made):
