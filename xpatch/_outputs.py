@@ -44,6 +44,9 @@ def is_several(result: Any) -> bool:
     )
 
 
+_ONE = (np.ndarray, xr.DataArray)
+
+
 class Outputs:
     """``func`` whose tuple or dict results come back as one Dataset (picklable).
 
@@ -99,9 +102,13 @@ class Outputs:
         self.__qualname__ = getattr(func, "__qualname__", None) or type(func).__qualname__
         self.__module__ = getattr(func, "__module__", None) or type(func).__module__
         self.__wrapped__ = func
+        # one result of these types needs nothing done (the check per patch is on the hot path)
+        self._plain = () if self.names is not None or self.per_output else _ONE
 
     def __call__(self, patch: Any) -> Any:
         result = self.func(patch)
+        if type(result) in self._plain:
+            return result
         if is_several(result):
             batch_dim = self.batch_dim
             batched = batch_dim is not None and batch_dim in getattr(patch, "dims", ())

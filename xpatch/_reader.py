@@ -217,7 +217,7 @@ class ChunkReader:
             and window.dims == self.grid.dims
             and all(type(ix) is slice for ix in plan.indexers.values())
         ):
-            return self.fast.wrap(window, data[0])
+            return self.fast(window, data[0])
         return self.labels.patch(cut_coords(self.skeleton, plan), data)
 
 

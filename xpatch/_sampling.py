@@ -302,9 +302,12 @@ class _FastCutter:
         row = self.head = (head, coords, indexes)
         return row
 
-    def labels(self, window: Window) -> tuple[dict[Hashable, Any], dict[Hashable, Any]]:
-        """The coordinates and indexes of an in-bounds window's patch."""
+    def __call__(self, window: Window, data: np.ndarray | None = None) -> xr.DataArray:
+        """The labeled patch of an in-bounds ``window``: cut from the source, or around
+        ``data`` cut elsewhere (in the source's dim order, e.g. from a file's slabs)."""
         slices = window.slices
+        if data is None:
+            data = self.data[tuple(slices) if self.plain else self.key(window)]
         # windows come row by row: the labels along all axes but the last change rarely
         head, row, row_indexes = self.head
         if slices[:-1] != head:
@@ -317,17 +320,7 @@ class _FastCutter:
             for name in self.multi:
                 var = self.variables[name]
                 coords[name] = read_only(var[tuple(sel.get(d, slice(None)) for d in var.dims)])
-        return coords, indexes
-
-    def wrap(self, window: Window, data: np.ndarray) -> xr.DataArray:
-        """The labeled patch of an in-bounds ``window`` around its ``data`` (cut elsewhere,
-        in the source's dim order)."""
-        coords, indexes = self.labels(window)
         return dataarray(self.dims, data, self.attrs.copy(), coords, self.obj.name, indexes)
-
-    def __call__(self, window: Window) -> xr.DataArray:
-        slices = window.slices
-        return self.wrap(window, self.data[tuple(slices) if self.plain else self.key(window)])
 
 
 def labeler(obj: Any, grid: PatchGrid) -> _FastCutter | None:

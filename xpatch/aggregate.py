@@ -178,7 +178,6 @@ class Aggregator:
         # the chunks they touch are normalised over the windows actually added
         self._kept: np.ndarray | None = None if grid.kept is None else grid.kept.copy()
         self._single: ChunkPosition | None = (0,) * len(self.dims) if plan.layout.single else None
-        self._single_touched = (self._single,)
         self._spec = spec
         self._acc = Accumulator(plan, self._blend, spec)
         # fast paths, chosen once the first result fixed the layout (see _choose_paths)
@@ -258,13 +257,9 @@ class Aggregator:
                     del result  # the data may now be ours alone
                     gathering = self._gathering
                     index = window.index
-                    if (
-                        gathering is not None
-                        and gathering.inside[index]
-                        and data.dtype == gathering.data_dtype
-                    ):
+                    if gathering is not None and gathering.inside[index]:  # (of that dtype)
                         gathering.put(index, data)
-                        self._mark(index, self._single_touched)
+                        self._mark_single(index)
                         return
                     # (smaller results are blended at once anyway)
                     background = sole_owner(data, THREAD_BYTES)
@@ -347,6 +342,18 @@ class Aggregator:
             if not left:
                 self.finish_chunk(cpos)
 
+    def _mark_single(self, index: int) -> None:
+        """:meth:`_mark` for a run of one chunk (the hot path of small patches)."""
+        tally = self._tally
+        tally.added[index] = 1
+        tally.n_added += 1
+        if tally.finished[0]:
+            return
+        left = tally.waiting[0] - 1
+        tally.waiting[0] = left
+        if not left:
+            self.finish_chunk(self._single)  # type: ignore[arg-type]
+
     def _mark_many(self, indices: Sequence[int], cpos: ChunkPosition) -> None:
         """:meth:`_mark` for windows that all touch the one chunk ``cpos``."""
         tally = self._tally
@@ -361,7 +368,7 @@ class Aggregator:
     def _add_single(self, window: Window, data: np.ndarray, background: bool = False) -> None:
         """One result holding only the spatial dims into the single chunk (the hot path)."""
         self._acc.add_single(window.position, data, background)
-        self._mark(window.index, self._single_touched)  # type: ignore[arg-type]
+        self._mark_single(window.index)
 
     def add_variables(
         self,
