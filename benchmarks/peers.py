@@ -6,7 +6,7 @@ Python process, and prints (and writes to ``docs/benchmarks.md``) a table of
 * the median wall time of the run (sampling + model + blending + final result),
   warm (after a warm-up call on a single-patch input) and cold (the first call in
   a fresh process: imports done before the clock starts, but no warm-up call),
-* working memory: peak RSS of the child (``ru_maxrss``) minus its RSS right after
+* working memory: peak RSS of the child (``VmHWM``) minus its RSS right after
   the input was created, i.e. the memory the tool needs above the input,
 * patches per second (patches actually given to the model, counted per tool),
 * the max abs error of the blended result against the input (the model is the
@@ -246,8 +246,8 @@ def rss_now() -> int:
 def reset_peak() -> None:
     """Reset the peak RSS to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``).
 
-    A forked child starts with its parent's high-water mark; after the reset,
-    ``ru_maxrss`` is the peak of this run alone.
+    A child starts with its parent's high-water mark; after the reset,
+    :func:`peak_rss` is the peak of this run alone.
     """
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -257,6 +257,20 @@ def reset_peak() -> None:
 
 
 def peak_rss() -> int:
+    """This process's peak RSS since :func:`reset_peak`.
+
+    ``VmHWM`` (which the reset clears), not ``ru_maxrss``: after ``exec`` the kernel
+    keeps the pre-exec high-water mark (the parent's, at fork) in ``ru_maxrss``, so a
+    driver that had grown large (writing the benchmark files) raised every child's
+    figure to its own size.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
@@ -1573,7 +1587,7 @@ def report(results, workloads, peers, args, bandwidth, wall, profiles=None):
         " one-time set-up inside the first call counts; **CPU s** user + system CPU"
         " seconds of the warm run, all threads (torch uses several, xpatch blends and"
         " reads ahead on helper threads); **work MB** peak RSS of the child process"
-        " (`ru_maxrss`) minus its RSS after creating the input (for W6/W7: after opening"
+        " (`VmHWM`) minus its RSS after creating the input (for W6/W7: after opening"
         " the file): working memory above the input, output included; **x out** that"
         " memory over the size of the blended float32 output; **patches/s** patches the"
         " model was given per wall second (each tool's own grid); **max err** max abs"
