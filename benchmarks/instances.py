@@ -16,7 +16,7 @@ volume at once. The variants:
   threaded scheduler (2 threads) into a zarr store (``to_zarr``).
 
 Each variant runs in a fresh process reading the volume from a memory-mapped file;
-"peak" is the process's peak RSS (``ru_maxrss``) minus its RSS before the run
+"peak" is the process's peak RSS (``VmHWM``, reset before the run) minus its RSS before the run
 (interpreter and libraries), i.e. the memory the run itself needs. Every variant's
 result is checked to be the same partition as ``scipy-whole``'s. Ratios are to
 ``scipy-whole``.
@@ -87,12 +87,28 @@ def make_volume(n: int, seed: int = 0, spacing: int = 34) -> np.ndarray:
     return vol
 
 
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+def _status(key: str) -> int:
+    """A byte count of ``/proc/self/status`` (``VmRSS``, ``VmHWM``); 0 off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return 0
+
+
+def _rss() -> int:
+    """The current RSS, after resetting the peak to it (``clear_refs``): ``ru_maxrss``
+    would keep the parent's high-water mark from before ``exec`` (the driver that made
+    the volume), so the peak is read as ``VmHWM``."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS")
 
 
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
@@ -146,7 +162,7 @@ def run_variant(name: str, path: str, patch: int, step: int, chunks: int, workdi
                 lazy.to_dataset(name="labels").to_zarr(store, mode="w")
             out = None
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    peak = (_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
     if out is None:
         import zarr
 
