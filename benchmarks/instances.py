@@ -54,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -62,6 +61,7 @@ import tempfile
 import time
 
 import numpy as np
+from _memory import reset_peak, rss_now, rss_peak
 
 VARIANTS = ("scipy-whole", "dask-image", "xpatch-chunked", "xpatch-zarr", "xpatch-dask")
 MiB = 2**20
@@ -87,30 +87,6 @@ def make_volume(n: int, seed: int = 0, spacing: int = 34) -> np.ndarray:
     return vol
 
 
-def _status(key: str) -> int:
-    """A byte count of ``/proc/self/status`` (``VmRSS``, ``VmHWM``); 0 off Linux."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _rss() -> int:
-    """The current RSS, after resetting the peak to it (``clear_refs``): ``ru_maxrss``
-    would keep the parent's high-water mark from before ``exec`` (the driver that made
-    the volume), so the peak is read as ``VmHWM``."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return _status("VmRSS")
-
-
 def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if not np.array_equal(a == 0, b == 0):
@@ -132,7 +108,8 @@ def run_variant(name: str, path: str, patch: int, step: int, chunks: int, workdi
 
     vol = np.load(path, mmap_mode="r")
     func = lambda p: label(np.asarray(p) > 0)  # noqa: E731
-    base = _rss()
+    reset_peak()
+    base = rss_now()
     t0 = time.perf_counter()
     if name == "scipy-whole":
         out, n = ndimage.label(np.asarray(vol) > 0, structure=np.ones((3, 3, 3)))
@@ -162,7 +139,7 @@ def run_variant(name: str, path: str, patch: int, step: int, chunks: int, workdi
                 lazy.to_dataset(name="labels").to_zarr(store, mode="w")
             out = None
     wall = time.perf_counter() - t0
-    peak = (_status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    peak = rss_peak() - base
     if out is None:
         import zarr
 

@@ -44,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -53,52 +52,11 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _memory import reset_peak, rss_now, rss_peak, ru_maxrss
 
 VARIANTS = ("xpatch-unchunked", "xpatch-chunked", "xpatch-zarr", "patchly-chunked")
 N_CLASSES = 8
 MiB = 2**20
-
-
-def ru_maxrss() -> int:
-    """``getrusage`` peak RSS in bytes (KiB on Linux).
-
-    On Linux it is never below the parent's peak at the time of the fork (the
-    exec'd child inherits it), so it only bounds the child's own peak from above.
-    """
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _status(key: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def rss_now() -> int:
-    """Current resident set size in bytes (falls back to ru_maxrss off Linux)."""
-    value = _status("VmRSS")
-    return ru_maxrss() if value is None else value
-
-
-def rss_peak() -> int:
-    """Peak RSS of this process's own address space since the last ``reset_peak``."""
-    value = _status("VmHWM")
-    return ru_maxrss() if value is None else value
-
-
-def reset_peak() -> bool:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0: /proc/self/clear_refs)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def lines() -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # xpatch from this checkout even when not installed
     sys.path.insert(1, str(ROOT))
+if str(HERE) not in sys.path:  # its helpers, also when loaded by compare_versions.py
+    sys.path.insert(1, str(HERE))
+from _memory import reset_peak, rss_now, rss_peak  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 # The summarised results of the last run, beside the page: the docs draw their chart from it.
 DEFAULT_JSON = ROOT / "benchmarks" / "peers-results.json"
@@ -238,42 +242,6 @@ def floor_bytes(shape: tuple[int, ...], size: int, step: int, classes: int | Non
 # --------------------------------------------------------------------------------------
 # The child: one run of one peer on one workload
 # --------------------------------------------------------------------------------------
-def rss_now() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak() -> None:
-    """Reset the peak RSS to the current RSS (Linux: ``echo 5 > /proc/self/clear_refs``).
-
-    A child starts with its parent's high-water mark; after the reset,
-    :func:`peak_rss` is the peak of this run alone.
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def peak_rss() -> int:
-    """This process's peak RSS since :func:`reset_peak`.
-
-    ``VmHWM`` (which the reset clears), not ``ru_maxrss``: after ``exec`` the kernel
-    keeps the pre-exec high-water mark (the parent's, at fork) in ``ru_maxrss``, so a
-    driver that had grown large (writing the benchmark files) raised every child's
-    figure to its own size.
-    """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-
-
 def cpu_seconds() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
     return ru.ru_utime + ru.ru_stime
@@ -875,7 +843,7 @@ def child(peer: str, wl_name: str, quick: bool, profile: bool = False, warmup: b
     out = go()
     seconds = time.perf_counter() - t0
     cpu = cpu_seconds() - c0
-    peak = peak_rss()
+    peak = rss_peak()
     out = np.asarray(out)
     unchanged = (file_state(img) if on_file else digest(img)) == before
     covered = 1.0
