@@ -12,7 +12,8 @@ with one ``isel`` and decoded once:
   taken where the rows a window and the read-ahead span fit the reader's budget
   (the faster of the two: no copy per patch);
 - :class:`WholeReader`: a row reader for sources no larger than those rows, which
-  decodes the rows into one array of the source's size (no slab joined per grid row);
+  decodes the rows into one array of the source's size (no slab joined per grid row),
+  all of them requested when the run starts;
 - :class:`TileReader`: tiles, the stored chunks themselves (the non-spatial dims
   whole); each patch is copied from the tiles it touches (a window inside one tile
   is a view of it); memory depends on the chunk and patch sizes, never on the volume.
@@ -146,6 +147,10 @@ class ChunkReader:
     def _start(self) -> None:
         """A run begins or ends: forget what the last one kept."""
 
+    def _ahead(self, windows: int, ahead: int) -> int:
+        """Windows whose units are requested before the current one is cut."""
+        return ahead
+
     def stream(self, windows: Iterable[Window], ahead: int = AHEAD) -> Iterator[tuple[Window, Any]]:
         """The labeled patch of each window, in the given order.
 
@@ -154,6 +159,7 @@ class ChunkReader:
         budget is read again when needed (never while the budget holds them all).
         """
         windows = list(windows)
+        ahead = self._ahead(len(windows), ahead)
         plans = [self.sampler.plan(w) for w in windows]
         cuts = [[self._cut(k, plan) for k in range(len(self.variables))] for plan in plans]
         needs = [[(k, u) for k, cut in enumerate(per) for u in self._units(cut)] for per in cuts]
@@ -369,9 +375,11 @@ class RowReader(ChunkReader):
 
 
 class WholeReader(RowReader):
-    """A :class:`RowReader` for small sources: rows are decoded, ahead of need on the
-    helper thread as ever, straight into one array the size of the source, kept for the
-    run; each patch is a read-only view of it, with no slab joined per grid row.
+    """A :class:`RowReader` for small sources: rows are decoded on the helper thread
+    into one array the size of the source, kept for the run; each patch is a read-only
+    view of it, with no slab joined per grid row. Every row is requested when the run
+    starts, in the order the windows first need them (the array takes the source's
+    memory anyway), so decoding never waits for the windows to come near a row.
 
     Chosen where the whole array takes no more than the rows a row reader would hold
     at once (so it never holds more), it reads as reading the whole array first does,
@@ -381,6 +389,12 @@ class WholeReader(RowReader):
     def __init__(self, obj: xr.DataArray | xr.Dataset, grid: PatchGrid, threads: int) -> None:
         super().__init__(obj, grid, threads)
         self.arrays: list[np.ndarray] = []
+
+    def _ahead(self, windows: int, ahead: int) -> int:
+        # the array takes the whole source's memory anyway: every row is requested at
+        # once, in the order the windows first need them, so that the helper thread
+        # decodes from the start instead of a few windows before each row is needed
+        return windows
 
     def _start(self) -> None:
         # a new array per run (pages are taken only as rows fill them): patches a model
