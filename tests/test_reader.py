@@ -434,13 +434,13 @@ def test_a_file_smaller_than_its_rows_read_ahead_fills_one_array(stored, monkeyp
     made = _recording(monkeypatch)
     lazy = open_()
 
+    seen_held: list[int] = []  # the rows asked for, as each patch reaches the model
+
     def model(p):
-        reader = _streaming(made)
         seen.append((len(reads), p.values.flags.writeable, p.values.base is not None))
-        seen_held.append(len(reader.held))
+        seen_held.append(len(_streaming(made).held))
         return p * 2
 
-    seen_held: list[int] = []
     out = lazy.patch.apply(model, z=12, y=12, x=12, step=6)
     xr.testing.assert_identical(out, da.patch.apply(lambda p: p * 2, z=12, y=12, x=12, step=6))
     assert type(_streaming(made)) is _reader.WholeReader
